@@ -1,0 +1,1 @@
+"""Venues (Binance, Zerodha Kite), instruments, simulators and the CLI."""

@@ -1,0 +1,456 @@
+"""Benchmarks, each beside a physical-limit baseline measured in the same run.
+
+Absolute numbers mean little on a shared 2-core machine whose speed varies
+2x from run to run; the ratio to a bare baseline measured seconds apart on
+the same machine is what a reader can trust.
+
+* :func:`bench_ring` - the ring with two gating consumers and one attached
+  reader, each in its own process, against a bare two-process shared-memory
+  copy loop with one counter and no protocol. Both sides count records
+  *delivered* to a consumer per second: the bare loop has no flow control, so
+  records its producer overwrote before the consumer copied them do not count.
+* :func:`bench_wal` - :class:`~pipeline.wal.WalWriter` with a given fsync
+  policy against writing the same bytes in 1 MiB blocks with one fdatasync,
+  in the same directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline import record as rec
+from pipeline import ring as ring_mod
+from pipeline import shm
+from pipeline import wal as wal_mod
+from pipeline.record import RECORD_SIZE, V64, Records
+
+RING_BATCHES = (1, 16, 256)
+RING_CAPACITY = 1 << 16
+PACED_RATE = 10_000  # records per second for the latency phase
+
+Progress = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def _sample_records(n: int, seed: int = 7) -> Records:
+    """Plausible book-level records (varied bits, so nothing compresses away)."""
+    rng = np.random.default_rng(seed)
+    out = rec.empty(n)
+    out["ts_exch"] = 1_700_000_000_000_000_000 + rng.integers(0, 10**12, n)
+    out["ts_recv"] = out["ts_exch"] + rng.integers(0, 10**6, n)
+    out["inst"] = rng.integers(0, 1000, n)
+    out["src"] = 1
+    out["kind"] = rec.Kind.BOOK_LEVEL
+    out["side"] = rng.integers(1, 3, n)
+    out["px"] = rng.integers(10**8, 10**13, n)
+    out["qty"] = rng.integers(0, 10**11, n)
+    out["flags"][-1] = rec.Flag.LAST
+    return out
+
+
+def _percentiles_us(samples_ns: npt.NDArray[np.int64]) -> tuple[float, float]:
+    if len(samples_ns) == 0:
+        return float("nan"), float("nan")
+    p50, p99 = np.percentile(samples_ns, [50, 99])
+    return round(float(p50) / 1000, 2), round(float(p99) / 1000, 2)
+
+
+# ---------------------------------------------------------------------------
+# ring: the baseline (bare copy loop, one counter)
+
+_BASE_COUNTER = 16  # word index of the counter (its own cache line)
+_BASE_DONE = 32
+
+
+def _baseline_producer(
+    name: str, batch: int, seconds: float, barrier: Any, out: Connection
+) -> None:
+    seg = shm.attach(name)
+    h = np.frombuffer(seg.buf, dtype=np.uint64, count=512)
+    slots = np.frombuffer(seg.buf, dtype=np.uint8, offset=4096).view(V64)
+    mask = len(slots) - 1
+    src = _sample_records(batch).view(V64)
+    count = 0
+    barrier.wait()
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while True:
+        for _ in range(256):
+            s = count & mask
+            slots[s : s + batch] = src  # capacity is a multiple of batch: no wrap
+            count += batch
+            h[_BASE_COUNTER] = count
+        if time.perf_counter() >= deadline:
+            break
+    elapsed = time.perf_counter() - t0
+    h[_BASE_DONE] = 1
+    out.send((count, elapsed))
+    del h, slots
+    seg.close()
+
+
+def _baseline_consumer(name: str, barrier: Any, out: Connection) -> None:
+    seg = shm.attach(name)
+    h = np.frombuffer(seg.buf, dtype=np.uint64, count=512)
+    slots = np.frombuffer(seg.buf, dtype=np.uint8, offset=4096).view(V64)
+    cap = len(slots)
+    sink = np.empty(cap, dtype=V64)
+    seen = 0
+    delivered = 0
+    barrier.wait()
+    while not h[_BASE_DONE]:
+        count = int(h[_BASE_COUNTER])
+        if count == seen:
+            continue  # the baseline busy-polls: it is the physical limit, bounded by the run
+        # No flow control: if the producer lapped us, the lapped records are lost,
+        # so only what is copied counts as delivered.
+        n = min(count - seen, cap)
+        start = (count - n) & (cap - 1)
+        end = start + n
+        if end <= cap:
+            sink[:n] = slots[start:end]
+        else:
+            sink[: cap - start] = slots[start:]
+            sink[cap - start : n] = slots[: end - cap]
+        delivered += n
+        seen = count
+    out.send(delivered)
+    del h, slots
+    seg.close()
+
+
+# ---------------------------------------------------------------------------
+# ring: the real thing
+
+
+def _ring_producer(
+    name: str, batch: int, seconds: float, paced_s: float, barrier: Any, out: Connection
+) -> None:
+    producer = ring_mod.Producer(name)
+    src = _sample_records(batch)
+    src["ts_recv"] = 0
+    src_v64 = src.view(V64)
+    publish = producer.publish
+    published = 0
+    barrier.wait()
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while True:
+        for _ in range(64):
+            publish(src_v64)
+        published += 64 * batch
+        if time.perf_counter() >= deadline:
+            break
+    # Throughput counts until every gating consumer has everything.
+    tail = producer.tail
+    backoff = ring_mod.Backoff()
+    while min(c.cursor for c in producer.consumers()) < tail:
+        backoff.idle()
+    elapsed = time.perf_counter() - t0
+    drops = producer.stats().dropped
+
+    # Latency phase: 10k records/s in batches of `batch`, first record stamped.
+    interval_ns = int(batch * 1e9 / PACED_RATE)
+    stamp = src["ts_recv"]
+    next_ns = time.monotonic_ns()
+    end_ns = next_ns + int(paced_s * 1e9)
+    sent = 0
+    while next_ns < end_ns:
+        # Sleep like an ingest process blocked on its socket (no spinning: the
+        # consumers need the cores); the schedule catches up, so the mean rate holds.
+        wait = next_ns - time.monotonic_ns()
+        if wait > 0:
+            time.sleep(wait / 1e9)
+        stamp[0] = time.time_ns()
+        publish(src_v64)
+        sent += 1
+        next_ns += interval_ns
+    out.send({"published": published, "elapsed": elapsed, "drops": drops, "paced_batches": sent})
+    producer.close()
+
+
+def _ring_consumer(name: str, consumer: str, barrier: Any, out: Connection) -> None:
+    # A gating consumer gets a stable zero-copy view (the producer cannot
+    # overwrite it before advance), so unlike the bare loop's consumer it
+    # need not copy; it reads every record (one cache line each) for a checksum.
+    c = ring_mod.Consumer(name, consumer)
+    latencies: list[npt.NDArray[np.int64]] = []
+    checksum = 0
+    got = 0
+    barrier.wait()
+    while True:
+        batch = c.wait(timeout_s=None)
+        n = len(batch)
+        if n == 0:
+            if c.at_end:
+                break
+            continue
+        now = time.time_ns()
+        checksum ^= int(np.bitwise_xor.reduce(batch["px"]))
+        stamps = batch["ts_recv"]
+        stamped = stamps[stamps != 0]
+        if len(stamped):
+            latencies.append(now - stamped)
+        got += n
+        c.advance(n)
+    lat = np.concatenate(latencies) if latencies else np.zeros(0, dtype=np.int64)
+    out.send({"records": got, "latency_ns": lat, "checksum": checksum})
+    c.close()
+
+
+def _ring_reader(name: str, barrier: Any, out: Connection) -> None:
+    # A monitor-like reader: wakes every millisecond and takes up to 4096
+    # records (what a terminal `tail` or a gRPC client can absorb). At full
+    # speed it is lapped, which it is told about (reader_overruns).
+    r = ring_mod.Reader(name)
+    got = 0
+    barrier.wait()
+    while not r.at_end:
+        batch, _overrun = r.read(4096)
+        got += len(batch)
+        time.sleep(0.001)
+    out.send({"records": got, "overruns": r.overruns})
+    r.close()
+
+
+@contextlib.contextmanager
+def _processes() -> Iterator[list[mp.process.BaseProcess]]:
+    procs: list[mp.process.BaseProcess] = []
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def _run_baseline(batch: int, seconds: float) -> float:
+    ctx = mp.get_context("spawn")
+    name = shm.segment_name(shm.new_run_id(), f"bench-base-{batch}")
+    seg = shm.create(name, 4096 + RING_CAPACITY * RECORD_SIZE)
+    try:
+        barrier = ctx.Barrier(2)
+        prod_r, prod_w = ctx.Pipe(duplex=False)
+        cons_r, cons_w = ctx.Pipe(duplex=False)
+        with _processes() as procs:
+            procs.append(
+                ctx.Process(target=_baseline_producer, args=(name, batch, seconds, barrier, prod_w))
+            )
+            procs.append(ctx.Process(target=_baseline_consumer, args=(name, barrier, cons_w)))
+            for p in procs:
+                p.start()
+            _count, elapsed = prod_r.recv()
+            delivered = cons_r.recv()
+        return float(delivered / elapsed)
+    finally:
+        seg.close()
+        seg.unlink()
+
+
+def _run_ring(batch: int, seconds: float, paced_s: float) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    name = shm.segment_name(shm.new_run_id(), f"bench-ring-{batch}")
+    ring = ring_mod.Ring.create(name, RING_CAPACITY, ["wal", "book"], full_wait_ms=10_000)
+    try:
+        barrier = ctx.Barrier(4)
+        pipes = [ctx.Pipe(duplex=False) for _ in range(4)]
+        with _processes() as procs:
+            procs.append(
+                ctx.Process(
+                    target=_ring_producer,
+                    args=(name, batch, seconds, paced_s, barrier, pipes[0][1]),
+                )
+            )
+            procs.append(
+                ctx.Process(target=_ring_consumer, args=(name, "wal", barrier, pipes[1][1]))
+            )
+            procs.append(
+                ctx.Process(target=_ring_consumer, args=(name, "book", barrier, pipes[2][1]))
+            )
+            procs.append(ctx.Process(target=_ring_reader, args=(name, barrier, pipes[3][1])))
+            for p in procs:
+                p.start()
+            prod = pipes[0][0].recv()
+            wal_c = pipes[1][0].recv()
+            book_c = pipes[2][0].recv()
+            reader = pipes[3][0].recv()
+        lat = np.concatenate([wal_c["latency_ns"], book_c["latency_ns"]])
+        return {
+            "records_per_s": prod["published"] / prod["elapsed"],
+            "drops": prod["drops"],
+            "latency_ns": lat,
+            "reader_records": reader["records"],
+            "reader_overruns": reader["overruns"],
+            "consumer_records": [wal_c["records"], book_c["records"]],
+        }
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+def bench_ring(
+    seconds: float = 2.0,
+    batches: tuple[int, ...] = RING_BATCHES,
+    repeats: int = 2,
+    progress: Progress = _noop,
+) -> dict[str, Any]:
+    """Ring throughput and latency for each batch size, beside the bare baseline.
+
+    Throughput: the producer publishes as fast as it can for ``seconds``; the
+    clock stops when both gating consumers have consumed everything. Latency:
+    then ``seconds`` more at a paced 10k records/s; latency is the time from
+    publish to a gating consumer seeing the record (adaptive wait, no busy
+    poll). Baseline and ring runs alternate ``repeats`` times and the best of
+    each is kept: the host's noise only ever slows a run down.
+    """
+    results = []
+    for batch in batches:
+        baselines: list[float] = []
+        runs: list[dict[str, Any]] = []
+        for i in range(repeats):
+            progress(f"ring batch {batch} ({i + 1}/{repeats}): baseline (bare 2-process copy loop)")
+            baselines.append(_run_baseline(batch, seconds))
+            progress(
+                f"ring batch {batch} ({i + 1}/{repeats}): ring (producer + 2 gating consumers + 1 reader)"
+            )
+            runs.append(_run_ring(batch, seconds, seconds))
+        baseline = max(baselines)
+        best = max(runs, key=lambda r: r["records_per_s"])
+        # Latency is pooled over every run (not the best one): it is a distribution.
+        latency = np.concatenate([r["latency_ns"] for r in runs])
+        p50, p99 = _percentiles_us(latency)
+        results.append(
+            {
+                "batch": batch,
+                "records_per_s": round(best["records_per_s"]),
+                "baseline_records_per_s": round(baseline),
+                "ratio": round(best["records_per_s"] / baseline, 3),
+                "p50_latency_us": p50,
+                "p99_latency_us": p99,
+                "latency_rate_records_per_s": PACED_RATE,
+                "latency_samples": len(latency),
+                "drops": sum(r["drops"] for r in runs),
+                "reader_overruns": best["reader_overruns"],
+                "all_records_per_s": [round(r["records_per_s"]) for r in runs],
+                "all_baseline_records_per_s": [round(b) for b in baselines],
+            }
+        )
+    return {"results": results}
+
+
+# ---------------------------------------------------------------------------
+# WAL
+
+
+def _baseline_write(path: Path, total_bytes: int) -> float:
+    """Seconds to write ``total_bytes`` in 1 MiB blocks and fdatasync once."""
+    block = np.random.default_rng(1).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        left = total_bytes
+        while left > 0:
+            left -= os.write(fd, block if left >= len(block) else block[:left])
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0
+
+
+def _wal_write(
+    directory: Path, seconds: float, max_bytes: int, fsync: str, batch: int
+) -> dict[str, Any]:
+    records = _sample_records(batch)
+    words = records.view(np.uint64).reshape(batch, 8)
+    ramp = np.arange(batch, dtype=np.uint64)
+    writer = wal_mod.WalWriter(directory, wal_mod.WalConfig(fsync=fsync))
+    writer.register_source(1, "bench")
+    seq = 1
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while writer.bytes_written < max_bytes:
+        words[:, 0] = ramp + np.uint64(seq)
+        seq += batch
+        writer.append_records(records)
+        writer.flush()
+        if time.perf_counter() >= deadline:
+            break
+    writer.close()
+    elapsed = time.perf_counter() - t0
+    return {
+        "bytes": writer.bytes_written,
+        "records": writer.records_written,
+        "elapsed": elapsed,
+        "segments": writer.segments_created,
+        "syncs": writer.syncs,
+    }
+
+
+def bench_wal(
+    directory: Path | None = None,
+    *,
+    seconds: float = 3.0,
+    max_mb: float = 2048,
+    fsync: str = "interval",
+    keep: bool = False,
+    batch: int = 1024,
+    progress: Progress = _noop,
+) -> dict[str, Any]:
+    """WAL append throughput against a plain sequential write of the same bytes.
+
+    Writes batches of ``batch`` records (flushing after each, as the WAL
+    writer process does after each ring drain) for ``seconds`` or ``max_mb``;
+    then writes the same number of bytes with 1 MiB blocks and one
+    fdatasync. Then times ``verify`` over what was written.
+    """
+    parent = directory or Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="cp-bench-wal-", dir=parent))
+    wal_dir = work / "market_data_wal"
+    try:
+        progress(
+            f"wal: writing for up to {seconds:g}s / {max_mb:g} MB in {wal_dir} (fsync={fsync})"
+        )
+        ours = _wal_write(wal_dir, seconds, int(max_mb * 1e6), fsync, batch)
+        progress(f"wal: baseline writes the same {ours['bytes'] / 1e6:.0f} MB in 1 MiB blocks")
+        base_s = _baseline_write(work / "baseline.bin", ours["bytes"])
+        (work / "baseline.bin").unlink()
+        progress("wal: verifying what was written")
+        report = wal_mod.verify(wal_dir)
+        mb_per_s = ours["bytes"] / ours["elapsed"] / 1e6
+        baseline_mb_per_s = ours["bytes"] / base_s / 1e6
+        return {
+            "mb_per_s": round(mb_per_s, 1),
+            "baseline_mb_per_s": round(baseline_mb_per_s, 1),
+            "ratio": round(mb_per_s / baseline_mb_per_s, 3),
+            "records_per_s": round(ours["records"] / ours["elapsed"]),
+            "fsync": fsync,
+            "bytes": ours["bytes"],
+            "segments": ours["segments"],
+            "syncs": ours["syncs"],
+            "batch_records": batch,
+            "verify_ok": report["ok"],
+            "verify_records_per_s": report["records_per_s"],
+            "dir": str(wal_dir) if keep else None,
+        }
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)

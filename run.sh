@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# ./run.sh         set up .venv (first time) and run the main job
+# ./run.sh test    run the test suite (everything but the bench and live markers)
+# ./run.sh bench   run every benchmark (ring, wal) and the long soak tests
+# ./run.sh <args>  anything else is passed to connector-pipeline, e.g. ./run.sh replay --help
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+PYTHON=${PYTHON:-python3}
+
+setup() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "run.sh: creating $VENV with $($PYTHON --version 2>&1)" >&2
+        "$PYTHON" -m venv "$VENV"
+    fi
+    # Reinstall only when the project definition changed.
+    local stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-16)"
+    if [ ! -f "$stamp" ]; then
+        echo "run.sh: installing the project and its test tools into $VENV" >&2
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+        "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+        rm -f "$VENV"/.installed-*
+        touch "$stamp"
+    fi
+}
+
+setup
+cmd=${1:-main}
+case "$cmd" in
+    test)
+        shift
+        exec "$VENV/bin/python" -m pytest -m "not bench and not live" "$@"
+        ;;
+    bench)
+        shift
+        "$VENV/bin/connector-pipeline" bench ring --json
+        "$VENV/bin/connector-pipeline" bench wal --json
+        exec "$VENV/bin/python" -m pytest -m bench "$@"
+        ;;
+    main)
+        # Until the pipeline runtime lands, the main job is the foundation's benchmarks.
+        "$VENV/bin/connector-pipeline" bench ring
+        exec "$VENV/bin/connector-pipeline" bench wal
+        ;;
+    *)
+        exec "$VENV/bin/connector-pipeline" "$@"
+        ;;
+esac

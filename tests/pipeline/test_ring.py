@@ -1,0 +1,277 @@
+"""The shared-memory ring: protocol in one process, then real processes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeline import record as rec
+from pipeline import ring as ring_mod
+from pipeline.errors import RingError
+from pipeline.record import Kind, StatusReason
+from tests.helpers import make_records, payload_ok
+from tests.pipeline import ring_workers
+
+
+@pytest.fixture
+def make_ring(shm_name):  # type: ignore[no-untyped-def]
+    rings: list[ring_mod.Ring] = []
+
+    def make(
+        capacity: int = 64, consumers: tuple[str, ...] = ("wal", "book"), **kw: object
+    ) -> ring_mod.Ring:
+        r = ring_mod.Ring.create(shm_name(f"r{len(rings)}"), capacity, list(consumers), **kw)  # type: ignore[arg-type]
+        rings.append(r)
+        return r
+
+    yield make
+    for r in rings:
+        r.close()
+        r.unlink()
+
+
+# ---------------------------------------------------------------------------
+# single process: the protocol
+
+
+@pytest.mark.unit
+def test_publish_consume_in_order_across_wraps(make_ring) -> None:  # type: ignore[no-untyped-def]
+    ring = make_ring(capacity=64, consumers=("wal",))
+    seq = ring_mod.Sequencer(ring_mod.Producer(ring.name))
+    c = ring_mod.Consumer(ring.name, "wal")
+    expected = 1
+    for n in [1, 5, 17, 40, 63, 64, 3, 60, 7] * 5:
+        seq.publish(make_records(seq.next_seq, n))
+        got = 0
+        while got < n:
+            batch = c.poll()
+            assert len(batch), "published records must be visible at once"
+            assert batch["seq"][0] == expected + got
+            assert payload_ok(batch)
+            got += len(batch)
+            c.advance(len(batch))
+        expected += n
+    assert c.lag == 0
+    assert seq.next_seq == expected
+    seq.close()
+    c.close()
+
+
+@pytest.mark.unit
+def test_producer_never_overwrites_unconsumed_records(make_ring) -> None:  # type: ignore[no-untyped-def]
+    ring = make_ring(capacity=32, consumers=("wal", "book"), full_wait_ms=1)
+    p = ring_mod.Producer(ring.name)
+    wal = ring_mod.Consumer(ring.name, "wal")
+    book = ring_mod.Consumer(ring.name, "book")
+    assert p.publish(make_records(1, 32))
+    wal.advance(32)  # book has consumed nothing: the ring is still full for the producer
+    assert not p.publish(make_records(33, 1)), "a full ring must refuse, not overwrite"
+    assert ring.stats().dropped == 1 and ring.stats().drop_events == 1
+    assert book.poll()["seq"][0] == 1  # untouched
+    book.advance(10)
+    assert p.publish(make_records(33, 10))
+    assert not p.publish(make_records(43, 1), wait=False)
+    p.close()
+    wal.close()
+    book.close()
+
+
+@pytest.mark.unit
+def test_drop_consumes_seqs_and_is_declared_by_a_status_record(make_ring) -> None:  # type: ignore[no-untyped-def]
+    ring = make_ring(capacity=16, consumers=("wal",), full_wait_ms=1, max_batch=8)
+    drops: list[int] = []
+    seq = ring_mod.Sequencer(ring_mod.Producer(ring.name, on_drop=drops.append))
+    c = ring_mod.Consumer(ring.name, "wal")
+    assert seq.publish(make_records(0, 16)) == 1
+    assert seq.publish(make_records(0, 5)) == 17  # dropped: seqs 17..21
+    assert seq.publish(make_records(0, 3)) == 22  # ring still full: dropped at once, 22..24
+    assert drops == [5, 3]
+    assert ring.stats().dropped == 8 and ring.stats().drop_events == 2
+    c.advance(16)
+    assert seq.publish(make_records(0, 2)) == 26  # STATUS takes 25, then 26..27
+    batch = c.poll()
+    assert list(batch["seq"]) == [25, 26, 27]
+    status = batch[0]
+    assert status["kind"] == Kind.STATUS and status["aux"] == StatusReason.DROP
+    assert (status["px"], status["qty"]) == (17, 8), "declares the whole missing range"
+    assert status["flags"] & rec.Flag.AFTER_GAP
+    assert seq.next_seq == 28
+    seq.close()
+    c.close()
+
+
+@pytest.mark.unit
+def test_sequencer_continues_after_producer_takeover(make_ring) -> None:  # type: ignore[no-untyped-def]
+    ring = make_ring(capacity=64, consumers=("wal",), first_seq=1000, full_wait_ms=1)
+    first = ring_mod.Sequencer(ring_mod.Producer(ring.name))
+    assert first.publish(make_records(0, 10)) == 1000
+    first.producer.detach()  # a crash: no close, nothing persisted beyond the slots
+    second = ring_mod.Sequencer(ring_mod.Producer(ring.name))
+    assert second.next_seq == 1010
+    second.publish(make_records(0, 54))  # fills the ring
+    assert second.publish(make_records(0, 4)) == 1064  # dropped, pending in the header
+    second.producer.detach()
+    third = ring_mod.Sequencer(ring_mod.Producer(ring.name))
+    assert third.next_seq == 1068, "dropped numbers are never reused"
+    c = ring_mod.Consumer(ring.name, "wal")
+    c.advance(64)
+    third.publish(make_records(0, 1))
+    batch = c.poll()
+    assert batch[0]["kind"] == Kind.STATUS and (batch[0]["px"], batch[0]["qty"]) == (1064, 4)
+    assert list(batch["seq"]) == [1068, 1069]
+    third.close()
+    c.close()
+
+
+@pytest.mark.unit
+def test_reader_reports_overrun_and_never_returns_overwritten_data(make_ring) -> None:  # type: ignore[no-untyped-def]
+    ring = make_ring(capacity=64, consumers=(), max_batch=8)
+    seq = ring_mod.Sequencer(ring_mod.Producer(ring.name))
+    r = ring_mod.Reader(ring.name, start="tail")
+    seq.publish(make_records(seq.next_seq, 8))
+    batch, overrun = r.read()
+    assert overrun == 0 and list(batch["seq"]) == list(range(1, 9))
+    for _ in range(30):  # 240 records: laps the 64-slot ring several times
+        seq.publish(make_records(seq.next_seq, 8))
+    batch, overrun = r.read()
+    # Readable window: the newest capacity - max_batch records.
+    assert len(batch) == 64 - 8
+    assert overrun == 240 - 56
+    assert batch["seq"][0] == 248 - 56 + 1 and batch["seq"][-1] == 248
+    assert payload_ok(batch)
+    assert r.overruns == overrun
+    seq.close()
+    r.close()
+
+
+@pytest.mark.unit
+def test_close_lets_consumers_finish_then_end(make_ring) -> None:  # type: ignore[no-untyped-def]
+    ring = make_ring(capacity=64, consumers=("wal",))
+    seq = ring_mod.Sequencer(ring_mod.Producer(ring.name))
+    c = ring_mod.Consumer(ring.name, "wal")
+    seq.publish(make_records(0, 10))
+    seq.close()
+    assert ring.closed and not c.at_end
+    assert [len(b) for b in c.batches(timeout_s=5)] == [10]
+    assert c.at_end
+    assert len(c.wait(timeout_s=5)) == 0  # returns at once at the end, no waiting out the timeout
+    with pytest.raises(RingError, match="closed"):
+        ring_mod.Producer(ring.name)
+    c.close()
+
+
+@pytest.mark.unit
+def test_attach_errors_name_the_ring_and_the_problem(make_ring, shm_name) -> None:  # type: ignore[no-untyped-def]
+    ring = make_ring(capacity=64, consumers=("wal",))
+    with pytest.raises(RingError, match=r"no consumer 'book'.*'wal'"):
+        ring_mod.Consumer(ring.name, "book")
+    p = ring_mod.Producer(ring.name)
+    with pytest.raises(RingError, match="already has a live producer"):
+        # A second producer in another (live) process is refused; fake it by
+        # writing a live foreign pid (our parent) into the header.
+        p._hq[ring_mod.W_PRODUCER_PID] = os.getppid()
+        ring_mod.Producer(ring.name)
+    from pipeline import shm
+
+    bogus = shm.create(shm_name("bogus"), 8192)
+    with pytest.raises(RingError, match="not a ring"):
+        ring_mod.Consumer(bogus.name, "wal")
+    bogus.close()
+    with pytest.raises(ValueError, match="power of two"):
+        ring_mod.Ring.create(shm_name("bad"), 100, ["wal"])
+    p.close()
+
+
+@pytest.mark.unit
+def test_liveness_pid_and_heartbeat(make_ring) -> None:  # type: ignore[no-untyped-def]
+    ring = make_ring(capacity=64, consumers=("wal",))
+    assert not ring.producer_alive()
+    p = ring_mod.Producer(ring.name)
+    assert ring.producer_alive() and ring.producer_pid == os.getpid()
+    assert ring.producer_alive(stale_after_s=60)
+    p._hq[ring_mod.W_HEARTBEAT_NS] = 1  # long ago
+    assert not ring.producer_alive(stale_after_s=1)
+    p.heartbeat()
+    assert ring.producer_alive(stale_after_s=1)
+    info = ring.consumers()[0]
+    assert info.name == "wal" and info.cursor == 0 and not info.alive
+    p.close()
+
+
+@pytest.mark.unit
+def test_backoff_goes_from_spinning_to_sleeping() -> None:
+    b = ring_mod.Backoff(spin_us=0, yield_us=0, sleep_min_us=10, sleep_max_us=20)
+    b.reset()
+    assert b.idle() is False  # the first call only starts the clock
+    assert b.idle() is True  # then it parks (sleeps), capped
+
+
+# ---------------------------------------------------------------------------
+# real processes
+
+
+def _run_soak(children, make_ring, total: int, max_batch: int, capacity: int) -> None:  # type: ignore[no-untyped-def]
+    ring = make_ring(capacity=capacity, consumers=("wal", "book"), full_wait_ms=60_000)
+    ctx = children.ctx
+    pipes = [ctx.Pipe(duplex=False) for _ in range(4)]
+    children.spawn(ring_workers.consumer, ring.name, "wal", pipes[1][1])
+    children.spawn(ring_workers.consumer, ring.name, "book", pipes[2][1])
+    children.spawn(ring_workers.reader, ring.name, pipes[3][1])
+    children.spawn(ring_workers.producer, ring.name, total, max_batch, 42, pipes[0][1])
+    timeout = max(120.0, total / 200_000)
+    results = []
+    for recv, _send in pipes:
+        assert recv.poll(timeout), "a ring worker did not report in time"
+        results.append(recv.recv())
+    prod, wal, book, reader = results
+    assert prod["sent"] == total and prod["drops"] == 0
+    for c in (wal, book):
+        assert c["bad"] == 0, "every seq exactly once, in order, with its payload"
+        assert c["got"] == total and c["first"] == prod["first"]
+        assert c["checksum"] == prod["checksum"]
+    assert reader["bad"] == 0, "a reader never sees torn or reordered records"
+    assert reader["last"] == prod["first"] + total - 1
+    assert reader["got"] + reader["overruns"] <= total
+    assert reader["got"] > 0
+
+
+@pytest.mark.integration
+def test_one_million_records_two_consumers_and_a_reader(children, make_ring) -> None:  # type: ignore[no-untyped-def]
+    _run_soak(children, make_ring, total=1_000_000, max_batch=300, capacity=1 << 12)
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(3600)
+def test_hundred_million_records_two_consumers_and_a_reader(children, make_ring) -> None:  # type: ignore[no-untyped-def]
+    _run_soak(children, make_ring, total=100_000_000, max_batch=512, capacity=1 << 16)
+
+
+@pytest.mark.integration
+def test_consumer_killed_with_sigkill_resumes_at_its_cursor(children, make_ring) -> None:  # type: ignore[no-untyped-def]
+    total = 200_000
+    ring = make_ring(capacity=1 << 10, consumers=("wal", "book"), full_wait_ms=60_000)
+    ctx = children.ctx
+    prod_r, prod_w = ctx.Pipe(duplex=False)
+    book_r, book_w = ctx.Pipe(duplex=False)
+    dead_r, dead_w = ctx.Pipe(duplex=False)
+    victim = children.spawn(ring_workers.consumer, ring.name, "wal", dead_w, 50_000)
+    children.spawn(ring_workers.consumer, ring.name, "book", book_w)
+    children.spawn(ring_workers.producer, ring.name, total, 100, 7, prod_w)
+    victim.join(timeout=120)
+    assert victim.exitcode == -9, "the consumer died by SIGKILL mid-batch"
+    cursor_at_death = ring.consumers()[0].cursor
+    assert 0 < cursor_at_death < total
+    again_r, again_w = ctx.Pipe(duplex=False)
+    children.spawn(ring_workers.consumer, ring.name, "wal", again_w)
+    assert again_r.poll(120)
+    again = again_r.recv()
+    assert prod_r.poll(120)
+    prod = prod_r.recv()
+    assert again["start_cursor"] == cursor_at_death
+    assert again["bad"] == 0
+    assert again["first"] == prod["first"] + cursor_at_death, "resumes exactly at its cursor"
+    assert again["got"] == total - cursor_at_death, "and gets everything after it: no loss"
+    assert book_r.poll(120) and book_r.recv()["got"] == total
+    assert prod["drops"] == 0
+    assert not dead_r.poll(0)
