@@ -245,7 +245,7 @@ def bench_ring(seconds: float, batches: tuple[str, ...], as_json: bool) -> None:
 @click.option(
     "--mb",
     type=click.FloatRange(min=1),
-    default=2048,
+    default=1024,
     show_default=True,
     help="Write at most this many MB.",
 )

@@ -408,45 +408,62 @@ def bench_wal(
     directory: Path | None = None,
     *,
     seconds: float = 3.0,
-    max_mb: float = 2048,
+    max_mb: float = 1024,
     fsync: str = "interval",
     keep: bool = False,
     batch: int = 1024,
+    repeats: int = 2,
     progress: Progress = _noop,
 ) -> dict[str, Any]:
     """WAL append throughput against a plain sequential write of the same bytes.
 
-    Writes batches of ``batch`` records (flushing after each, as the WAL
-    writer process does after each ring drain) for ``seconds`` or ``max_mb``;
-    then writes the same number of bytes with 1 MiB blocks and one
-    fdatasync. Then times ``verify`` over what was written.
+    The WAL writer appends batches of ``batch`` records (flushing after each,
+    as the WAL writer process does after each ring drain) for ``seconds`` or
+    ``max_mb``, whichever comes first; that fixes the byte count. The baseline
+    writes the same bytes in 1 MiB blocks with one fdatasync, in the same
+    directory. Each phase starts after a global ``sync`` (so one phase's
+    writeback does not slow the next) and the two alternate ``repeats`` times;
+    the best of each is kept. Then ``verify`` is timed over the last WAL.
     """
     parent = directory or Path(tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="cp-bench-wal-", dir=parent))
     wal_dir = work / "market_data_wal"
     try:
-        progress(
-            f"wal: writing for up to {seconds:g}s / {max_mb:g} MB in {wal_dir} (fsync={fsync})"
-        )
-        ours = _wal_write(wal_dir, seconds, int(max_mb * 1e6), fsync, batch)
-        progress(f"wal: baseline writes the same {ours['bytes'] / 1e6:.0f} MB in 1 MiB blocks")
-        base_s = _baseline_write(work / "baseline.bin", ours["bytes"])
-        (work / "baseline.bin").unlink()
+        runs: list[dict[str, Any]] = []
+        base_s: list[float] = []
+        max_bytes = int(max_mb * 1e6)
+        for i in range(repeats):
+            if wal_dir.exists():
+                shutil.rmtree(wal_dir)
+            os.sync()
+            progress(f"wal ({i + 1}/{repeats}): appending in {wal_dir} (fsync={fsync})")
+            run = _wal_write(wal_dir, seconds if not runs else 1e9, max_bytes, fsync, batch)
+            runs.append(run)
+            max_bytes = run["bytes"]  # every later phase writes exactly as much
+            os.sync()
+            progress(
+                f"wal ({i + 1}/{repeats}): baseline writes the same {max_bytes / 1e6:.0f} MB in 1 MiB blocks"
+            )
+            base_s.append(_baseline_write(work / "baseline.bin", max_bytes))
+            (work / "baseline.bin").unlink()
         progress("wal: verifying what was written")
         report = wal_mod.verify(wal_dir)
-        mb_per_s = ours["bytes"] / ours["elapsed"] / 1e6
-        baseline_mb_per_s = ours["bytes"] / base_s / 1e6
+        best = min(runs, key=lambda r: r["elapsed"] / r["bytes"])
+        mb_per_s = best["bytes"] / best["elapsed"] / 1e6
+        baseline_mb_per_s = max_bytes / min(base_s) / 1e6
         return {
             "mb_per_s": round(mb_per_s, 1),
             "baseline_mb_per_s": round(baseline_mb_per_s, 1),
             "ratio": round(mb_per_s / baseline_mb_per_s, 3),
-            "records_per_s": round(ours["records"] / ours["elapsed"]),
+            "records_per_s": round(best["records"] / best["elapsed"]),
             "fsync": fsync,
-            "bytes": ours["bytes"],
-            "segments": ours["segments"],
-            "syncs": ours["syncs"],
+            "bytes": best["bytes"],
+            "segments": best["segments"],
+            "syncs": best["syncs"],
             "batch_records": batch,
+            "all_mb_per_s": [round(r["bytes"] / r["elapsed"] / 1e6, 1) for r in runs],
+            "all_baseline_mb_per_s": [round(max_bytes / b / 1e6, 1) for b in base_s],
             "verify_ok": report["ok"],
             "verify_records_per_s": report["records_per_s"],
             "dir": str(wal_dir) if keep else None,

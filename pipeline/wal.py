@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import queue
 import struct
 import threading
 import time
@@ -601,6 +602,81 @@ class WalConfig:
             raise ConfigError(f"wal buffer_bytes must be at least 4096, got {self.buffer_bytes}")
 
 
+class _Housekeeper:
+    """Background work that must never stall an append: periodic fdatasync
+    (``interval`` policy), sealing retired segments (fdatasync and close),
+    directory fsyncs after a rename, and preallocating the next segment file
+    before it is needed. The blocking calls release the GIL."""
+
+    def __init__(self, writer: WalWriter) -> None:
+        self._w = writer
+        self._tasks: queue.Queue[tuple[str, int]] = queue.Queue()
+        self._spare_ready = threading.Condition()
+        self.spare: tuple[int, Path] | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="wal-housekeeper", daemon=True)
+        self._thread.start()
+
+    def submit(self, task: str, fd: int = -1) -> None:
+        self._tasks.put((task, fd))
+
+    def drain(self) -> None:
+        """Wait until every submitted task is done."""
+        self._tasks.join()
+
+    def take_spare(self, timeout_s: float = 30.0) -> tuple[int, Path] | None:
+        with self._spare_ready:
+            self._spare_ready.wait_for(
+                lambda: self.spare is not None or self.error is not None, timeout_s
+            )
+            spare, self.spare = self.spare, None
+        return spare
+
+    def stop(self) -> None:
+        self._tasks.put(("stop", -1))
+        self._thread.join()
+        if self.spare is not None:  # prepared but never used
+            fd, path = self.spare
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            self.spare = None
+
+    def _run(self) -> None:
+        w = self._w
+        interval = w.config.fsync_interval_ms / 1000 if w.config.fsync == "interval" else None
+        next_sync = time.monotonic() + (interval or 0)
+        while True:
+            try:
+                task, fd = self._tasks.get(timeout=interval)
+            except queue.Empty:
+                task, fd = "", -1
+            try:
+                if task == "stop":
+                    return
+                if task == "retire":
+                    if w.config.fsync != "never":
+                        os.fdatasync(fd)
+                        w.syncs += 1
+                    os.close(fd)
+                elif task == "dirsync":
+                    _fsync_dir(w.directory)
+                elif task == "prepare":
+                    spare = w._new_spare()
+                    with self._spare_ready:
+                        self.spare = spare
+                        self._spare_ready.notify_all()
+                if interval is not None and time.monotonic() >= next_sync:
+                    next_sync = time.monotonic() + interval
+                    w._sync_current()
+            except BaseException as exc:  # surfaced to the writer on its next flush
+                self.error = exc
+                with self._spare_ready:
+                    self._spare_ready.notify_all()
+            finally:
+                if task:
+                    self._tasks.task_done()
+
+
 class WalWriter:
     """Appends frames to the log. One writer per directory (an flock enforces it).
 
@@ -608,6 +684,9 @@ class WalWriter:
     the kernel. A caller that consumes a ring advances its cursor only after
     ``flush()``: a SIGKILL then loses nothing (the page cache survives the
     process) and on restart the already-written sequences are skipped.
+    Rotation takes a segment file preallocated in the background and seals
+    the old one in the background, so an append never waits on the disk
+    (except with ``fsync = "always"``, whose promise is to wait).
     """
 
     def __init__(self, directory: Path | str, config: WalConfig | None = None) -> None:
@@ -620,9 +699,8 @@ class WalWriter:
         except BaseException:
             os.close(self._lock_fd)
             raise
-        self._sources: dict[int, tuple[str, int]] = dict(self.recovery.sources)
-        self._last_seq = {src: last for src, (_name, last) in self._sources.items()}
-        self._names = {src: name for src, (name, _last) in self._sources.items()}
+        self._last_seq = {src: last for src, (_name, last) in self.recovery.sources.items()}
+        self._names = {src: name for src, (name, _last) in self.recovery.sources.items()}
         self._lsn = self.recovery.next_lsn
         self._buf = np.zeros(self.config.buffer_bytes, dtype=np.uint8)
         self._buf_len = 0
@@ -630,10 +708,6 @@ class WalWriter:
         self._file_off = 0
         self._seg_path: Path | None = None
         self._dirty = threading.Event()
-        self._fd_lock = threading.Lock()
-        self._sync_error: BaseException | None = None
-        self._stop = threading.Event()
-        self._syncer: threading.Thread | None = None
         self._closed = False
         self.bytes_written = 0
         self.frames_written = 0
@@ -642,12 +716,14 @@ class WalWriter:
         self.syncs = 0
         self.segments_created = 0
         if self.recovery.last_segment is not None:
-            self._open_existing(self.recovery.last_segment, self.recovery.end_offset)
+            self._fd = os.open(self.recovery.last_segment, os.O_WRONLY)
+            self._file_off = self.recovery.end_offset
+            self._seg_path = self.recovery.last_segment
         else:
-            self._create_segment()
-        if self.config.fsync == "interval":
-            self._syncer = threading.Thread(target=self._sync_loop, name="wal-fsync", daemon=True)
-            self._syncer.start()
+            self._activate(self._new_spare())
+            _fsync_dir(self.directory)
+        self._housekeeper = _Housekeeper(self)
+        self._housekeeper.submit("prepare")
 
     # -- setup ---------------------------------------------------------------
 
@@ -666,13 +742,23 @@ class WalWriter:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
 
-    def _open_existing(self, path: Path, end: int) -> None:
-        self._fd = os.open(path, os.O_WRONLY)
-        self._file_off = end
-        self._seg_path = path
+    def _new_spare(self) -> tuple[int, Path]:
+        """A preallocated, still unnamed segment file (``*.wal.tmp``: recovery deletes leftovers)."""
+        tmp = self.directory / f"spare-{os.getpid()}-{time.monotonic_ns()}{SUFFIX}.tmp"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, self.config.segment_bytes)
+        except OSError as exc:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise WalError(
+                f"cannot preallocate {self.config.segment_bytes} bytes in {self.directory}: {exc.strerror}"
+            ) from None
+        return fd, tmp
 
-    def _create_segment(self) -> None:
-        """Create, preallocate and publish (rename + directory fsync) a new segment."""
+    def _activate(self, spare: tuple[int, Path]) -> None:
+        """Write the header into a spare file and give it its final name."""
+        fd, tmp = spare
         header = SegmentHeader(
             SEGMENT_VERSION,
             rec.SCHEMA_VERSION,
@@ -687,29 +773,15 @@ class WalWriter:
         )
         final = self.directory / f"{self._lsn:020d}{SUFFIX}"
         if final.exists():
-            raise WalError(f"{final} already exists: two writers, or a damaged directory")
-        tmp = final.with_name(final.name + ".tmp")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            try:
-                os.posix_fallocate(fd, 0, self.config.segment_bytes)
-            except OSError as exc:
-                raise WalError(
-                    f"cannot preallocate {self.config.segment_bytes} bytes for {final}: {exc.strerror}"
-                ) from None
-            os.pwrite(fd, header.encode(), 0)
-            if self.config.fsync != "never":
-                os.fdatasync(fd)
-        except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
-            raise
+            raise WalError(f"{final} already exists: two writers, or a damaged directory")
+        os.pwrite(fd, header.encode(), 0)
         os.rename(tmp, final)
-        _fsync_dir(self.directory)
-        with self._fd_lock:
-            self._fd = fd
-            self._file_off = SEGMENT_HEADER_BYTES
-            self._seg_path = final
+        self._fd = fd
+        self._file_off = SEGMENT_HEADER_BYTES
+        self._seg_path = final
+        self._dirty.set()  # the header must reach the disk with the first sync
         self.segments_created += 1
 
     # -- appending -----------------------------------------------------------
@@ -847,44 +919,46 @@ class WalWriter:
             self._dirty.clear()
             os.fdatasync(self._fd)
             self.syncs += 1
-        if self._sync_error is not None:
-            raise WalError(f"background fsync of {self._seg_path} failed: {self._sync_error}")
+        if self._housekeeper.error is not None:
+            raise WalError(
+                f"WAL background work in {self.directory} failed: {self._housekeeper.error}"
+            )
 
     def sync(self) -> None:
-        """Flush and fdatasync now, whatever the policy."""
+        """Flush, then fdatasync everything written so far (sealed segments too), whatever the policy."""
         self.flush()
-        with self._fd_lock:
-            os.fdatasync(self._fd)
+        self._housekeeper.drain()
         self._dirty.clear()
+        os.fdatasync(self._fd)
+        self.syncs += 1
+
+    def _sync_current(self) -> None:
+        """fdatasync the active segment if anything was written (the housekeeper's interval sync)."""
+        # No lock: only the housekeeper closes retired descriptors, after this
+        # returns, so whichever descriptor is read here stays open meanwhile.
+        fd = self._fd
+        if fd < 0 or not self._dirty.is_set():
+            return
+        self._dirty.clear()
+        os.fdatasync(fd)
         self.syncs += 1
 
     def _rotate(self) -> None:
         self.flush()
-        with self._fd_lock:
-            old_fd = self._fd
-            if self.config.fsync != "never":
-                os.fdatasync(old_fd)
-                self.syncs += 1
-            self._dirty.clear()
-            self._fd = -1
-        os.close(old_fd)
-        self._create_segment()
-
-    def _sync_loop(self) -> None:
-        interval = self.config.fsync_interval_ms / 1000
-        while not self._stop.wait(interval):
-            if not self._dirty.is_set():
-                continue
-            with self._fd_lock:
-                if self._fd < 0:
-                    continue
-                self._dirty.clear()
-                try:
-                    os.fdatasync(self._fd)
-                    self.syncs += 1
-                except OSError as exc:  # surfaced to the writer thread on its next flush
-                    self._sync_error = exc
-                    return
+        old_fd = self._fd
+        spare = self._housekeeper.take_spare() or self._new_spare()
+        if self.config.fsync == "always":
+            # The promise is durability before returning: seal and name synchronously.
+            os.fdatasync(old_fd)
+            self.syncs += 1
+            self._activate(spare)
+            _fsync_dir(self.directory)
+            os.close(old_fd)
+        else:
+            self._activate(spare)
+            self._housekeeper.submit("retire", old_fd)
+            self._housekeeper.submit("dirsync")
+        self._housekeeper.submit("prepare")
 
     @property
     def segment_path(self) -> Path | None:
@@ -896,19 +970,18 @@ class WalWriter:
         return self._lsn
 
     def close(self) -> None:
-        """Flush, sync (unless the policy is ``never``) and release the directory."""
+        """Flush, seal and sync (unless the policy is ``never``), and release the directory."""
         if self._closed:
             return
         self._closed = True
         try:
             self.flush()
         finally:
-            self._stop.set()
-            if self._syncer is not None:
-                self._syncer.join()
+            self._housekeeper.stop()
             if self._fd >= 0:
                 if self.config.fsync != "never":
                     os.fdatasync(self._fd)
+                    self.syncs += 1
                 os.close(self._fd)
                 self._fd = -1
             os.close(self._lock_fd)
