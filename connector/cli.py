@@ -183,7 +183,7 @@ def bench() -> None:
 @click.option(
     "--seconds",
     type=click.FloatRange(min=0.1),
-    default=2.0,
+    default=1.0,
     show_default=True,
     help="Length of each measured phase.",
 )

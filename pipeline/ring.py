@@ -99,6 +99,9 @@ W_CONSUMERS: Final = 4 * LINE_WORDS
 C_NAME, C_CURSOR, C_PID, C_HEARTBEAT_NS, C_WAITING, C_REGISTERED = 0, 4, 5, 6, 7, 8
 
 EMPTY: Final = np.zeros(0, dtype=RECORD_DTYPE)
+BUSY_BATCH: Final = 256
+"""A consumer whose last batch had at least this many records is in the
+throughput regime: when it catches up it sleeps briefly instead of spinning."""
 
 
 def _now_ns() -> int:
@@ -129,9 +132,16 @@ class Backoff:
         self._idle_since = 0
         self._sleep_s = self.sleep_min_s
 
-    def reset(self) -> None:
-        """Work arrived: the next idle period starts with spinning again."""
-        self._idle_since = 0
+    def reset(self, busy: bool = False) -> None:
+        """Work arrived: the next idle period starts with spinning again, or,
+        when ``busy`` (data comes in large batches, so the producer is fast and
+        latency is not the concern), directly with a short sleep, which leaves
+        the cores to the producer and lets the next batch grow."""
+        if busy:
+            self._idle_since = _now_ns() - self.yield_ns
+            self._sleep_s = self.sleep_min_s
+        else:
+            self._idle_since = 0
 
     def idle(self) -> bool:
         """Wait a little. Returns True when in the sleeping phase (the waiter is parked)."""
@@ -680,6 +690,7 @@ class Consumer(_Mapped):
         self._backoff = backoff or Backoff()
         self._parked = False
         self._last_beat = 0
+        self._last_batch = 0
         hq[self._base + C_PID] = os.getpid()
         hq[self._base + C_HEARTBEAT_NS] = _now_ns()
 
@@ -710,9 +721,10 @@ class Consumer(_Mapped):
         """Like :meth:`poll` but waits adaptively for data; empty on timeout or at end."""
         batch = self.poll(max_records)
         if len(batch):
+            self._last_batch = len(batch)
             return batch
         backoff = self._backoff
-        backoff.reset()
+        backoff.reset(busy=self._last_batch >= BUSY_BATCH)
         deadline = None if timeout_s is None else _now_ns() + int(timeout_s * 1e9)
         hq = self._hq
         while True:
@@ -732,6 +744,7 @@ class Consumer(_Mapped):
         if self._parked:
             self._parked = False
             hq[self._base + C_WAITING] = 0
+        self._last_batch = len(batch)
         return batch
 
     def advance(self, n: int) -> None:
