@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ./run.sh         set up .venv (first time) and run the main job
+# ./run.sh         set up .venv (first time) and run the pipeline (Ctrl-C stops it cleanly)
 # ./run.sh test    run the test suite (everything but the bench and live markers)
 # ./run.sh bench   run every benchmark (ring, wal) and the long soak tests
 # ./run.sh <args>  anything else is passed to connector-pipeline, e.g. ./run.sh replay --help
@@ -36,12 +36,14 @@ case "$cmd" in
         shift
         "$VENV/bin/connector-pipeline" bench ring --json
         "$VENV/bin/connector-pipeline" bench wal --json
+        "$VENV/bin/connector-pipeline" bench pipeline --json
         exec "$VENV/bin/python" -m pytest -m bench "$@"
         ;;
     main)
-        # Until the pipeline runtime lands, the main job is the foundation's benchmarks.
-        "$VENV/bin/connector-pipeline" bench ring
-        exec "$VENV/bin/connector-pipeline" bench wal
+        # The pipeline on the built-in sources, in this terminal, until Ctrl-C
+        # (which drains the rings into the WAL before exiting).
+        shift || true
+        exec "$VENV/bin/connector-pipeline" start --foreground --config config/default.toml "$@"
         ;;
     *)
         exec "$VENV/bin/connector-pipeline" "$@"

@@ -7,6 +7,7 @@ unexpected internal error.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ import click
 import orjson
 
 from pipeline import bench as bench_mod
+from pipeline import book as book_mod
+from pipeline import fixedpoint as fp
+from pipeline import record as rec
 from pipeline import wal as wal_mod
 from pipeline.errors import PipelineError
 
@@ -23,7 +27,9 @@ EXIT_USAGE = 2
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(
+        orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n"
+    )
 
 
 def _console(stderr: bool = False) -> Any:
@@ -78,20 +84,57 @@ def main() -> None:
 )
 @click.option(
     "--verify",
-    is_flag=True,
+    "action",
+    flag_value="verify",
+    default=True,
     help="Check every frame's CRC and every source's sequence (the default action).",
+)
+@click.option(
+    "--books",
+    "action",
+    flag_value="books",
+    help="Rebuild the L2 books from the WAL alone and print them.",
+)
+@click.option(
+    "--records",
+    "action",
+    flag_value="records",
+    help="Print the records (one JSON object per line).",
 )
 @click.option(
     "--repair",
     is_flag=True,
     help="Zero a torn tail, pad corrupt regions so intact frames stay readable, then verify.",
 )
+@click.option(
+    "--until",
+    "until",
+    default=None,
+    help="Only records received up to this time (ISO 8601, or ns since the epoch).",
+)
+@click.option("--feed", "feed", default=None, help="Only this feed (its source name in the WAL).")
+@click.option(
+    "--depth",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Levels per side for --books.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def replay(wal_dir: Path, verify: bool, repair: bool, as_json: bool) -> None:
-    """Read a WAL back: verify it (and repair it) from the files alone.
+def replay(
+    wal_dir: Path,
+    action: str,
+    repair: bool,
+    until: str | None,
+    feed: str | None,
+    depth: int,
+    as_json: bool,
+) -> None:
+    """Read a WAL back from the files alone: verify (and repair) it, rebuild
+    the books, or print the records.
 
     \b
-    The report lists segments, frames and records, the torn tail (bytes of an
+    --verify lists segments, frames and records, the torn tail (bytes of an
     interrupted write at the end, harmless: the writer zeroes it on start),
     every corruption with file and offset, and per source the first and last
     sequence number, gaps (declared by a STATUS/DROP record or not) and
@@ -99,6 +142,43 @@ def replay(wal_dir: Path, verify: bool, repair: bool, as_json: bool) -> None:
     """
     if not wal_dir.is_dir():
         raise click.UsageError(f"WAL directory {wal_dir} does not exist")
+    until_ns = _parse_time(until) if until else None
+    if action == "verify":
+        _replay_verify(wal_dir, repair, as_json)
+        return
+    if repair:
+        wal_mod.repair(wal_dir)
+    src = _source_id(wal_dir, feed) if feed else None
+    batches = wal_mod.WalReader(wal_dir).records(src=src)
+    if action == "records":
+        _print_records(batches, until_ns)
+        return
+    state = book_mod.replay_books(batches, until_ns)
+    books = sorted(state.books.values(), key=lambda b: b.inst)
+    if as_json:
+        out = []
+        for b in books:
+            bids, asks = b.top(depth)
+            out.append(
+                {
+                    **{k: v for k, v in b.as_dict().items() if k not in ("bids", "asks")},
+                    "bids": [list(x) for x in bids],
+                    "asks": [list(x) for x in asks],
+                }
+            )
+        _print_json({"books": out, "applied": state.applied})
+        return
+    con = _console()
+    con.print(f"{len(books)} books from {state.records_applied:,} records")
+    for b in books:
+        bids, asks = b.top(1)
+        best = f"{fp.format(bids[0][0])} / {fp.format(asks[0][0])}" if bids and asks else "-"
+        con.print(
+            f"  inst {b.inst:>6} src {b.src:>3}  {'valid' if b.valid else 'STALE'}  best {best}  last seq {b.last_seq}"
+        )
+
+
+def _replay_verify(wal_dir: Path, repair: bool, as_json: bool) -> None:
     repaired: dict[str, Any] | None = None
     if repair:
         repaired = wal_mod.repair(wal_dir)
@@ -111,6 +191,42 @@ def replay(wal_dir: Path, verify: bool, repair: bool, as_json: bool) -> None:
         _print_verify(report)
     if not report["ok"]:
         sys.exit(EXIT_PROBLEM)
+
+
+def _parse_time(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither ns since the epoch nor an ISO 8601 time", param_hint="--until"
+        ) from None
+    if moment.tzinfo is None:
+        raise click.BadParameter(
+            f"{text!r} has no time zone (add Z or +05:30)", param_hint="--until"
+        )
+    return int(moment.timestamp() * 1e9)
+
+
+def _source_id(wal_dir: Path, feed: str) -> int:
+    sources = wal_mod.recover(wal_dir).sources
+    for src, (name, _last) in sources.items():
+        if name == feed:
+            return src
+    known = ", ".join(name for name, _last in sources.values()) or "none"
+    raise click.BadParameter(f"no feed {feed!r} in {wal_dir} (feeds: {known})", param_hint="--feed")
+
+
+def _print_records(batches: Any, until_ns: int | None) -> None:
+    out = sys.stdout
+    for batch in batches:
+        if until_ns is not None:
+            batch = batch[batch["ts_recv"] <= until_ns]
+        for item in rec.describe(batch):
+            out.write(orjson.dumps(item).decode() + "\n")
 
 
 def _verify_with_progress(wal_dir: Path, show: bool) -> dict[str, Any]:
@@ -278,6 +394,407 @@ def bench_wal(
     )
     if result["dir"]:
         con.print(f"kept: {result['dir']}")
+
+
+@bench.command("pipeline")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=1),
+    default=5.0,
+    show_default=True,
+    help="Length of each run.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Messages/s of the paced run.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the runs' data dirs go (default: the data dir).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench_pipeline(seconds: float, rate: float, directory: Path | None, as_json: bool) -> None:
+    """The whole runtime: synthetic source at full speed -> ring -> book builder + WAL,
+    then again at a paced rate for latency. Reports records/s persisted, drops,
+    receive-to-book and receive-to-WAL latency, and CPU per process."""
+    from pipeline.paths import data_dir
+
+    result = bench_mod.bench_pipeline(
+        seconds, rate, directory or data_dir() / "bench", progress=_say
+    )
+    if as_json:
+        _print_json(result)
+        return
+    con = _console()
+    for label, r in (("full speed", result), (f"paced {rate:,.0f} msg/s", result["paced"])):
+        con.print(
+            f"{label}: {r['records_per_s']:,} records/s persisted, {r['wal_mb_per_s']} MB/s WAL, drops {r['drops']}, "
+            f"book latency p50 {r['p50_book_latency_us']} µs p99 {r['p99_book_latency_us']} µs, "
+            f"WAL p99 {r['p99_wal_latency_us']} µs, cpu {r['cpu']}"
+        )
+
+
+# ---------------------------------------------------------------------------
+# the runtime
+
+DATA_DIR_HELP = "Data directory (default: $CONNECTOR_PIPELINE_DATA_DIR, else ./data)."
+DEFAULT_CONFIG = Path("config/default.toml")
+
+
+def _data_dir(option: Path | None) -> Path:
+    from pipeline.paths import data_dir
+
+    return data_dir(option)
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    help="TOML configuration (feeds, ring, WAL, books).",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Stop (cleanly) after this many seconds.",
+)
+@click.option(
+    "--foreground",
+    is_flag=True,
+    help="Stay in this terminal with progress output; Ctrl-C stops cleanly.",
+)
+def start(
+    config_path: Path, data_dir: Path | None, duration: float | None, foreground: bool
+) -> None:
+    """Start the pipeline: one process per feed, the WAL writer and the book builder.
+
+    \b
+    Without --foreground the supervisor runs in the background (logs in
+    DATA_DIR/run/pipeline.log); use `status` and `stop`. A crashed process
+    is restarted with exponential backoff; Ctrl-C / SIGTERM drains the rings
+    into the WAL before exiting. Exit code 2 when it cannot start (bad
+    config, data dir not writable, a process failing to start).
+    """
+    from pipeline import config as config_mod
+
+    cfg = config_mod.load(config_path, data_dir=data_dir)
+    if not cfg.feeds:
+        raise click.UsageError(f"{config_path} defines no [[feeds]]")
+    if foreground:
+        sys.exit(_run_foreground(cfg, config_path, duration))
+    _start_background(cfg, config_path, duration)
+
+
+def _run_foreground(cfg: Any, config_path: Path, duration: float | None) -> int:
+    from pipeline import supervisor as sup
+
+    sup.configure_logging()
+    last = {"published": 0, "t": 0.0}
+
+    def progress(snap: dict[str, Any]) -> None:
+        dt = snap["elapsed_s"] - last["t"]
+        rate = (snap["published"] - last["published"]) / dt if dt > 0 else 0.0
+        last.update(published=snap["published"], t=snap["elapsed_s"])
+        _say(
+            f"[{snap['elapsed_s']:7.1f}s] published {snap['published']:,} ({rate:,.0f}/s)  "
+            f"persisted {snap['persisted']:,}  in books {snap['book_records']:,}  "
+            f"drops {snap['drops']}  restarts {snap['restarts']}"
+        )
+
+    supervisor = sup.Supervisor(cfg, config_path=str(config_path), progress=progress)
+    try:
+        supervisor.start()
+    except PipelineError as exc:
+        _say(f"error: {exc}")
+        return EXIT_USAGE
+    _say(
+        f"pipeline running (pid {os.getpid()}, data dir {supervisor.data_dir}); Ctrl-C stops it cleanly"
+    )
+    code = supervisor.run_until_stopped(duration)
+    processes = {p.name: p for p in supervisor.final_processes}
+    persisted = processes["wal-writer"].counters["records_out"] if "wal-writer" in processes else 0
+    drops = sum(r.dropped for r in supervisor.final_rings.values())
+    _say(f"stopped ({supervisor.stop_reason}): {persisted:,} records persisted, {drops} dropped")
+    return code
+
+
+def _start_background(cfg: Any, config_path: Path, duration: float | None) -> None:
+    import subprocess
+    import time
+
+    from pipeline import paths, runinfo
+
+    data_dir = cfg.data_dir.resolve()
+    run_dir = paths.run_dir(data_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "pipeline.log"
+    args = [
+        sys.executable,
+        "-m",
+        "connector.cli",
+        "start",
+        "--foreground",
+        "--config",
+        str(config_path.resolve()),
+        "--data-dir",
+        str(data_dir),
+    ]
+    if duration:
+        args += ["--duration", str(duration)]
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
+        )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            _say("\n".join(tail))
+            raise _Failed(f"the pipeline exited at start (code {proc.returncode}); log: {log_path}")
+        info = runinfo.read(data_dir)
+        if info is not None and info.pid == proc.pid and _all_ready(info):
+            click.echo(f"pipeline started: pid {proc.pid}, data dir {data_dir}")
+            click.echo(f"  logs: {log_path}")
+            click.echo(
+                "  see it: connector-pipeline status | tail | book SYMBOL;  stop it: connector-pipeline stop"
+            )
+            return
+        time.sleep(0.1)
+    raise _Failed(f"the pipeline did not become ready within 90 s; log: {log_path}")
+
+
+def _all_ready(info: Any) -> bool:
+    from pipeline.stats import ProcessTable, State
+
+    try:
+        table = ProcessTable.attach(info.processes)
+    except PipelineError:
+        return False
+    try:
+        return all(p.state == State.READY for p in table.all())
+    finally:
+        table.close()
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=120,
+    show_default=True,
+    help="Seconds to wait for the drain.",
+)
+def stop(data_dir: Path | None, timeout: float) -> None:
+    """Stop the running pipeline cleanly (ingest stops, the rings drain into the WAL)."""
+    from pipeline import supervisor as sup
+
+    pid = sup.stop(_data_dir(data_dir), timeout, progress=_say)
+    click.echo(f"stopped pipeline pid {pid}")
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def status(data_dir: Path | None, as_json: bool) -> None:
+    """Processes (pid, restarts, CPU, memory), rings (tail, drops, consumer lag) and the WAL."""
+    from pipeline import status as status_mod
+
+    report = status_mod.collect(_data_dir(data_dir))
+    if as_json:
+        _print_json(report)
+        return
+    from rich.table import Table
+
+    con = _console()
+    if not report["running"]:
+        con.print(f"not running on {report['data_dir']}")
+    else:
+        con.print(f"running: run {report['run_id']}, supervisor pid {report['supervisor_pid']}")
+        procs = Table("process", "pid", "state", "restarts", "cpu", "rss MB", "in", "out")
+        for p in report["processes"]:
+            procs.add_row(
+                p["name"],
+                str(p["pid"]),
+                p["state"] if p["alive"] else "[red]dead[/red]",
+                str(p["restarts"]),
+                f"{p['cpu']:.0%}",
+                f"{p['rss_bytes'] / 1e6:.0f}",
+                f"{p['counters']['records_in']:,}",
+                f"{p['counters']['records_out']:,}",
+            )
+        con.print(procs)
+        rings = Table(
+            "ring",
+            "tail",
+            "drops",
+            *(f"{c['name']} lag" for c in report["rings"][0]["consumers"])
+            if report["rings"]
+            else (),
+        )
+        for r in report["rings"]:
+            rings.add_row(
+                r["name"],
+                f"{r['tail']:,}",
+                str(r["drops"]),
+                *(f"{c['lag']:,}" for c in r["consumers"]),
+            )
+        con.print(rings)
+    w = report["wal"]
+    con.print(
+        f"WAL {w['dir']}: {w['segments']} segments, {w['bytes'] / 1e6:,.0f} MB; last seq {w['last_seq']}"
+    )
+
+
+@main.command()
+@click.option("--feed", default=None, help="Which feed's ring (needed when the run has several).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
+@click.option(
+    "--count", type=click.IntRange(min=1), default=None, help="Exit after this many records."
+)
+@click.option(
+    "--from-oldest",
+    is_flag=True,
+    help="Start with the oldest record still in the ring, not the newest.",
+)
+def tail(
+    feed: str | None, data_dir: Path | None, as_json: bool, count: int | None, from_oldest: bool
+) -> None:
+    """Follow a feed's ring live, from another process, without slowing it down.
+
+    If the reader falls too far behind, the records it missed are counted and
+    reported on stderr (never shown out of order). Ends with Ctrl-C, --count,
+    or when the pipeline stops.
+    """
+    from pipeline import ring as ring_mod
+    from pipeline import runinfo, shm
+
+    info = runinfo.require(_data_dir(data_dir))
+    ring_name = info.feed(feed).ring
+    reader = ring_mod.Reader(ring_name, start="oldest" if from_oldest else "tail")
+    shown = 0
+    try:
+        while count is None or shown < count:
+            batch, overrun = reader.wait(timeout_s=0.5, max_records=4096)
+            if overrun:
+                _say(f"-- {overrun:,} records missed (the reader was lapped)")
+            if count is not None:
+                batch = batch[: count - shown]
+            for item in rec.describe(batch):
+                if as_json:
+                    click.echo(orjson.dumps(item).decode())
+                else:
+                    click.echo(_record_line(item))
+            shown += len(batch)
+            if not len(batch) and (reader.at_end or not shm.run_is_alive(info.run_id)):
+                break  # the feed finished or the pipeline stopped
+    except KeyboardInterrupt:
+        pass
+    finally:
+        reader.close()
+
+
+def _record_line(item: dict[str, Any]) -> str:
+    flags = "|".join(item["flags"]) or "-"
+    if item["kind"] == "STATUS":
+        return f"{item['seq']:>10} {item['kind']:<10} inst {item['inst']:<6} {item['reason']} missing {item['missing']} from {item['first_missing']}  {flags}"
+    return (
+        f"{item['seq']:>10} {item['kind']:<10} inst {item['inst']:<6} {item['side']:<4} "
+        f"{item['px']:>14} x {item['qty']:<14} {flags}"
+    )
+
+
+@main.command()
+@click.argument("symbol")
+@click.option(
+    "--depth",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Levels per side to show.",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the book as JSON.")
+@click.option("--watch", is_flag=True, help="Keep refreshing (Ctrl-C to stop).")
+def book(symbol: str, depth: int, data_dir: Path | None, as_json: bool, watch: bool) -> None:
+    """Show the live L2 book of SYMBOL (or of an instrument id) from the shared book table."""
+    import time
+
+    from pipeline import book as book_mod
+    from pipeline import runinfo
+
+    root = _data_dir(data_dir)
+    info = runinfo.require(root)
+    inst = _resolve_instrument(root, symbol)
+    table = book_mod.BookTable.attach(info.books)
+    try:
+        if not watch:
+            _show_book(table, inst, symbol, depth, as_json)
+            return
+        try:
+            while True:
+                if not as_json:
+                    click.clear()
+                _show_book(table, inst, symbol, depth, as_json)
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        table.close()
+
+
+def _resolve_instrument(root: Path, symbol: str) -> int:
+    from pipeline import paths
+
+    folder = paths.run_dir(root) / "instruments"
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        for inst, name in orjson.loads(path.read_bytes()).items():
+            if name == symbol:
+                return int(inst)
+    if symbol.isdigit():
+        return int(symbol)
+    raise _Failed(
+        f"unknown symbol {symbol!r} (not published by any feed of this run; an instrument id also works)"
+    )
+
+
+def _show_book(table: Any, inst: int, symbol: str, depth: int, as_json: bool) -> None:
+    snap = table.read(inst)
+    if snap is None:
+        raise _Failed(f"no book for {symbol} (instrument {inst}) yet")
+    if as_json:
+        d = snap.as_dict()
+        d["symbol"] = symbol
+        d["bids"] = [[fp.format(p), fp.format(q), o] for p, q, o in snap.bids[:depth]]
+        d["asks"] = [[fp.format(p), fp.format(q), o] for p, q, o in snap.asks[:depth]]
+        _print_json(d)
+        return
+    from rich.table import Table
+
+    title = f"{symbol} (inst {inst})  {'valid' if snap.valid else 'STALE: waiting for a snapshot'}  seq {snap.last_seq}"
+    t = Table("bid qty", "bid", "ask", "ask qty", title=title)
+    for i in range(min(depth, max(len(snap.bids), len(snap.asks)))):
+        b = snap.bids[i] if i < len(snap.bids) else None
+        a = snap.asks[i] if i < len(snap.asks) else None
+        t.add_row(
+            fp.format(b[1]) if b else "",
+            fp.format(b[0]) if b else "",
+            fp.format(a[0]) if a else "",
+            fp.format(a[1]) if a else "",
+        )
+    _console().print(t)
 
 
 if __name__ == "__main__":

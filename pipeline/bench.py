@@ -491,3 +491,104 @@ def bench_wal(
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# the whole pipeline
+
+
+def _pipeline_config(data_dir: Path, rate: float) -> Any:
+    from pipeline import config as config_mod
+
+    return config_mod.from_dict(
+        {
+            "ring": {"capacity": 1 << 17},
+            "book": {"depth": 20, "max_instruments": 1024},
+            "feeds": [
+                {
+                    "name": "synthetic",
+                    "adapter": "pipeline.synthetic:factory",
+                    "params": {
+                        "instruments": 100,
+                        "levels": 10,
+                        "rate": rate,
+                        "chunk": 512,
+                        "seed": 1,
+                    },
+                }
+            ],
+        },
+        source="<bench>",
+        data_dir=data_dir,
+    )
+
+
+def _pipeline_run(rate: float, seconds: float, parent: Path, progress: Progress) -> dict[str, Any]:
+    from pipeline import paths
+    from pipeline.processes import latency_samples
+    from pipeline.supervisor import Supervisor
+
+    data_dir = Path(tempfile.mkdtemp(prefix="cp-bench-pipeline-", dir=parent))
+    try:
+        sup = Supervisor(_pipeline_config(data_dir, rate))
+        sup.start()
+        assert sup.table is not None
+        before = {p.name: p.counters["cpu_ns"] for p in sup.table.all()}
+        own_before = os.times()
+        t0 = time.perf_counter()
+        label = f"{rate:,.0f} msg/s" if rate else "full speed"
+        progress(f"pipeline ({label}): running {seconds:g} s with the synthetic source")
+        sup.run_until_stopped(seconds)
+        elapsed = time.perf_counter() - t0
+        own = os.times()
+        procs = {p.name: p for p in sup.final_processes}
+        wal_proc = procs["wal-writer"]
+        persisted = wal_proc.counters["records_out"]
+        cpu = {
+            name: round((p.counters["cpu_ns"] - before.get(name, 0)) / 1e9 / elapsed, 3)
+            for name, p in procs.items()
+        }
+        cpu["supervisor"] = round(
+            (own.user + own.system - own_before.user - own_before.system) / elapsed, 3
+        )
+        book_lat = latency_samples(data_dir, "book-builder")
+        wal_lat = latency_samples(data_dir, "wal-writer")
+        p50_book, p99_book = _percentiles_us(book_lat)
+        _p50_wal, p99_wal = _percentiles_us(wal_lat)
+        report = wal_mod.verify(paths.market_wal_dir(data_dir))
+        return {
+            "records_per_s": round(persisted / elapsed),
+            "wal_mb_per_s": round(wal_proc.counters["bytes"] / elapsed / 1e6, 1),
+            "drops": sum(r.dropped for r in sup.final_rings.values()),
+            "p50_book_latency_us": p50_book,
+            "p99_book_latency_us": p99_book,
+            "p99_wal_latency_us": p99_wal,
+            "cpu": cpu,
+            "records": persisted,
+            "seconds": round(elapsed, 2),
+            "wal_verified": report["ok"]
+            and not any(s["undeclared_gaps"] for s in report["sources"].values()),
+        }
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def bench_pipeline(
+    seconds: float = 5.0,
+    paced_rate: float = 10_000,
+    directory: Path | None = None,
+    progress: Progress = _noop,
+) -> dict[str, Any]:
+    """The synthetic source at full speed through ring, book builder and WAL,
+    then the same at a paced ``paced_rate`` messages/s (for latency).
+
+    ``records_per_s`` counts records persisted by the WAL writer over the
+    whole run including the final drain; latencies are receive (the source's
+    ``ts_recv``) to book-table publish and to WAL write; ``cpu`` is each
+    process's CPU time over the run divided by its wall time.
+    """
+    parent = directory or Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    full = _pipeline_run(0, seconds, parent, progress)
+    paced = _pipeline_run(paced_rate, seconds, parent, progress)
+    return {**full, "paced": {**paced, "rate_msgs_per_s": paced_rate}}

@@ -199,3 +199,35 @@ def status(
     rec["aux"] = reason
     rec["aux2"] = detail
     return rec
+
+
+_KIND_NAMES = {int(k): k.name for k in Kind}
+_SIDE_NAMES = {0: "NONE", 1: "BID", 2: "ASK"}
+_REASON_NAMES = {int(r): r.name for r in StatusReason}
+
+
+def describe(records: Records) -> list[dict[str, object]]:
+    """Records as JSON-able dicts: names for kind/side/flags/reason, exact decimal strings for prices."""
+    from pipeline.fixedpoint import format as fmt
+
+    out: list[dict[str, object]] = []
+    for r in records.tolist():
+        seq, ts_exch, ts_recv, inst, src, kind, side, flags, px, qty, aux, aux2 = r
+        item: dict[str, object] = {
+            "seq": seq,
+            "src": src,
+            "kind": _KIND_NAMES.get(kind, str(kind)),
+            "inst": inst,
+            "side": _SIDE_NAMES.get(side, str(side)),
+            "flags": [f.name for f in Flag if flags & f],
+            "ts_exch": ts_exch,
+            "ts_recv": ts_recv,
+        }
+        if kind == Kind.STATUS:
+            item.update(
+                reason=_REASON_NAMES.get(aux, str(aux)), first_missing=px, missing=qty, detail=aux2
+            )
+        else:
+            item.update(px=fmt(px), qty=fmt(qty), aux=aux, aux2=aux2)
+        out.append(item)
+    return out

@@ -173,8 +173,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class _Mapped:
-    """Common attach logic: map the segment, check the header, build views."""
+class RingView:
+    """A handle on a ring that only observes it (``status``, ``monitor``); the
+    base of the producer, consumer and reader handles: maps the segment,
+    checks the header, builds the views."""
 
     def __init__(self, name: str, segment: shm.Segment | None = None) -> None:
         self.name = name
@@ -242,6 +244,10 @@ class _Mapped:
             return True
         return _now_ns() - int(self._h[W_HEARTBEAT_NS]) <= stale_after_s * 1e9
 
+    def consumer_cursor(self, name: str) -> int:
+        """The cursor of gating consumer ``name``."""
+        return int(self._hq[self._consumer_base(name) + C_CURSOR])
+
     def consumers(self) -> list[ConsumerInfo]:
         """The gating consumers with their cursors and lag."""
         tail = self.tail
@@ -290,7 +296,7 @@ class _Mapped:
         if self._owns_seg:
             self._seg.close()
 
-    def __enter__(self) -> _Mapped:
+    def __enter__(self) -> RingView:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -323,7 +329,7 @@ class RingStats:
     consumers: list[ConsumerInfo]
 
 
-class Ring(_Mapped):
+class Ring(RingView):
     """The owner's handle: creates the segment and unlinks it at the end."""
 
     @classmethod
@@ -387,7 +393,7 @@ class Ring(_Mapped):
         shm.unlink(self.name)
 
 
-class Producer(_Mapped):
+class Producer(RingView):
     """The one writer of a ring: moves opaque 64-byte records, knows nothing of
     their content. (:class:`Sequencer` on top numbers them and declares drops.)
 
@@ -661,7 +667,7 @@ class Sequencer:
         self.producer.detach()
 
 
-class Consumer(_Mapped):
+class Consumer(RingView):
     """A named gating consumer. Records returned by :meth:`poll`/:meth:`wait`
     are views into the ring, valid until :meth:`advance` moves past them;
     the cursor is stored only by :meth:`advance`, so a consumer killed while
@@ -755,6 +761,27 @@ class Consumer(_Mapped):
     def heartbeat(self) -> None:
         self._hq[self._base + C_HEARTBEAT_NS] = _now_ns()
 
+    def rewind(self, position: int) -> None:
+        """Move this cursor back to ``position`` to read records again.
+
+        Only records at or after the slowest *other* gating consumer's cursor
+        are guaranteed intact; check what you read (the seq) if you rewind
+        behind your own cursor while the others move on.
+        """
+        if position > self._cursor:
+            raise RingError(
+                f"ring {self.name!r}: rewind to {position} is ahead of the cursor {self._cursor}"
+            )
+        self._cursor = position
+        self._hq[self._cursor_word] = position
+
+    def peek(self, position: int) -> Records:
+        """A copy of the record at ``position`` (which must be below the tail)."""
+        if not 0 <= position < self.tail:
+            raise RingError(f"ring {self.name!r}: position {position} is not published yet")
+        slot = position & self.mask
+        return self._records[slot : slot + 1].copy()
+
     def batches(
         self, timeout_s: float | None = None, max_records: int = 1 << 16
     ) -> Iterator[Records]:
@@ -773,7 +800,7 @@ class Consumer(_Mapped):
         super().close()
 
 
-class Reader(_Mapped):
+class Reader(RingView):
     """A non-gating reader: never slows the producer; reports overruns.
 
     The producer may be writing up to ``max_batch`` slots ahead of the tail,

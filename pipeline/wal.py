@@ -247,13 +247,15 @@ def _last_nonzero(arr: npt.NDArray[np.uint8], start: int) -> int:
     chunk = 1 << 20
     while end > start:
         lo = max(start, end - chunk)
-        piece = arr[lo:end]
-        if (
-            lo % 8 == 0 and len(piece) % 8 == 0 and not piece.view(np.uint64).any()
-        ) or not piece.any():
-            end = lo
-            continue
-        return lo + int(np.flatnonzero(piece)[-1]) + 1
+        view = arr[lo:end]
+        aligned = lo % 8 == 0 and len(view) % 8 == 0
+        if (view.view(np.uint64) if aligned else view).any():
+            # Copy first: a writer may be filling this very region (a live
+            # WAL), and numpy's nonzero counts before it collects.
+            nonzero = np.flatnonzero(view.copy())
+            if len(nonzero):
+                return lo + int(nonzero[-1]) + 1
+        end = lo
     return start
 
 

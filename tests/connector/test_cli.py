@@ -182,3 +182,114 @@ def test_bench_ring_json_contract() -> None:
     assert not [p for p in Path("/dev/shm").iterdir() if "bench" in p.name], (
         "bench segments are unlinked"
     )
+
+
+def _make_book_wal(directory: Path) -> list[int]:
+    """A WAL with a snapshot and a few diffs for instruments 1 and 2 of feed 'syn'."""
+    from pipeline.synthetic import SyntheticParams, SyntheticSource
+
+    source = SyntheticSource(
+        SyntheticParams(instruments=2, levels=3, seed=4, max_messages=200, chunk=50)
+    )
+    times = []
+    with wal.WalWriter(directory) as w:
+        w.register_source(3, "syn")
+        seq = 1
+        for i, batch in enumerate(source.chunks(clock=lambda: 0)):
+            batch["src"] = 3
+            batch["seq"] = range(seq, seq + len(batch))
+            batch["ts_recv"] = 1_000_000_000 * (i + 1)  # one second per batch
+            times.append(1_000_000_000 * (i + 1))
+            seq += len(batch)
+            w.append_records(batch)
+    return times
+
+
+@pytest.mark.unit
+def test_replay_books_records_until_and_feed(tmp_path: Path) -> None:
+    times = _make_book_wal(tmp_path)
+    runner = CliRunner()
+    books = runner.invoke(
+        main, ["replay", "--wal", str(tmp_path), "--books", "--json", "--depth", "2"]
+    )
+    assert books.exit_code == 0, books.output
+    out = json.loads(books.stdout)
+    assert [b["inst"] for b in out["books"]] == [1, 2]
+    for b in out["books"]:
+        assert b["valid"] and len(b["bids"]) == 2 and b["bids"][0][0] < b["asks"][0][0]
+    # --until the first batch: only the snapshot, so every book has all 3 levels a side.
+    early = runner.invoke(
+        main, ["replay", "--wal", str(tmp_path), "--books", "--json", "--until", str(times[0])]
+    )
+    assert json.loads(early.stdout)["applied"] == {"3": 14}
+    lines = runner.invoke(
+        main,
+        [
+            "replay",
+            "--wal",
+            str(tmp_path),
+            "--records",
+            "--feed",
+            "syn",
+            "--until",
+            "1970-01-01T00:00:01Z",
+        ],
+    )
+    assert lines.exit_code == 0, lines.output
+    records = [json.loads(x) for x in lines.stdout.splitlines()]
+    assert (
+        len(records) == 14
+        and records[0]["kind"] == "BOOK_CLEAR"
+        and records[1]["kind"] == "BOOK_LEVEL"
+    )
+    assert all(r["ts_recv"] <= 1_000_000_000 for r in records)
+    bad_feed = runner.invoke(
+        main, ["replay", "--wal", str(tmp_path), "--records", "--feed", "nope"]
+    )
+    assert (
+        bad_feed.exit_code == 2 and "no feed 'nope'" in bad_feed.stderr and "syn" in bad_feed.stderr
+    )
+    bad_time = runner.invoke(
+        main, ["replay", "--wal", str(tmp_path), "--books", "--until", "yesterday"]
+    )
+    assert bad_time.exit_code == 2 and "ISO 8601" in bad_time.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_bench_pipeline_json_contract(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            str(CLI),
+            "bench",
+            "pipeline",
+            "--json",
+            "--seconds",
+            "1",
+            "--rate",
+            "2000",
+            "--dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    keys = (
+        "records_per_s",
+        "wal_mb_per_s",
+        "drops",
+        "p50_book_latency_us",
+        "p99_book_latency_us",
+        "p99_wal_latency_us",
+        "cpu",
+    )
+    for key in keys:
+        assert key in out and key in out["paced"], key
+    assert out["records_per_s"] > 0 and out["drops"] == 0 and out["wal_verified"]
+    assert set(out["cpu"]) >= {"wal-writer", "book-builder", "ingest:synthetic"}
+    assert out["paced"]["records_per_s"] > 0
+    assert list(tmp_path.iterdir()) == [], "the runs' data dirs are removed"

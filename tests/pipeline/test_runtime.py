@@ -1,0 +1,454 @@
+"""The whole runtime as a user runs it: `start` in a real process tree, SIGKILLs,
+`stop`, then proof from the WAL that nothing was lost or duplicated."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+from pipeline import book as book_mod
+from pipeline import paths, runinfo, shm, status, wal
+from pipeline.processes import checkpoint_path
+from pipeline.stats import ProcessTable
+from pipeline.synthetic import SyntheticParams, SyntheticSource
+from tests.helpers import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "connector.cli"]
+
+
+def write_config(
+    path: Path, *, rate: float = 20000, max_messages: int = 0, extra: str = "", feeds: int = 1
+) -> Path:
+    feed_tables = "".join(
+        f"""
+[[feeds]]
+name = "syn{i}"
+adapter = "pipeline.synthetic:factory"
+[feeds.params]
+instruments = 20
+levels = 8
+rate = {rate}
+seed = {7 + i}
+first_inst = {1 + 100 * i}
+max_messages = {max_messages}
+"""
+        for i in range(feeds)
+    )
+    path.write_text(
+        f"""
+[ring]
+capacity = 8192
+full_wait_ms = 60000
+
+[wal]
+segment_bytes = 1048576
+
+[book]
+depth = 10
+max_instruments = 1024
+checkpoint_interval_s = 0.5
+
+[supervisor]
+restart_backoff_ms = 50
+restart_backoff_max_ms = 400
+{extra}
+{feed_tables}
+"""
+    )
+    return path
+
+
+class Run:
+    """A pipeline started with `start --foreground` in a subprocess."""
+
+    def __init__(self, config: Path, data_dir: Path, *args: str) -> None:
+        self.data_dir = data_dir
+        self.proc = subprocess.Popen(
+            [
+                *CLI,
+                "start",
+                "--foreground",
+                "--config",
+                str(config),
+                "--data-dir",
+                str(data_dir),
+                *args,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    def wait_ready(self, timeout_s: float = 60) -> runinfo.RunInfo:
+        def ready() -> runinfo.RunInfo | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"start exited with {self.proc.returncode}: {self.output()}")
+            info = runinfo.read(self.data_dir)
+            if info is None or info.pid != self.proc.pid:
+                return None
+            procs = self.processes()
+            return info if procs and all(p["state"] == "ready" for p in procs) else None
+
+        return wait_until(ready, timeout_s, "the pipeline to be ready")  # type: ignore[return-value]
+
+    def processes(self) -> list[dict[str, Any]]:
+        return status.collect(self.data_dir)["processes"]
+
+    def pid_of(self, name: str) -> int:
+        return next(p["pid"] for p in self.processes() if p["name"] == name)
+
+    def counter(self, name: str, counter: str) -> int:
+        return next(p["counters"][counter] for p in self.processes() if p["name"] == name)
+
+    def stop(self, timeout_s: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout_s)
+
+    def wait(self, timeout_s: float = 60) -> int:
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the pipeline did not stop within {timeout_s} s") from None
+        return self.proc.returncode
+
+    def output(self) -> str:
+        if self.proc.poll() is None:
+            return "(still running)"
+        out, err = self.proc.communicate()
+        return (out + err).decode(errors="replace")[-4000:]
+
+
+def kill_run(data_dir: Path) -> None:
+    """SIGKILL a data dir's supervisor and every process in its table; remove its shared memory."""
+    info = runinfo.read(data_dir)
+    if info is None:
+        return
+    pids = [info.pid]
+    with contextlib.suppress(Exception):
+        table = ProcessTable.attach(info.processes)
+        pids += [p.pid for p in table.all() if p.pid]
+        table.close()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).wait(10)
+    for name in [f.ring for f in info.feeds] + [info.books, info.processes]:
+        shm.unlink(name)
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Iterator[list[Run]]:
+    started: list[Run] = []
+    yield started
+    for run in started:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
+        kill_run(run.data_dir)
+        for stream in (run.proc.stdout, run.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def verify(data_dir: Path) -> dict[str, Any]:
+    result = subprocess.run(
+        [*CLI, "replay", "--wal", str(paths.market_wal_dir(data_dir)), "--verify", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def assert_nothing_lost(report: dict[str, Any]) -> None:
+    assert report["ok"], report["corrupt"]
+    for name, src in report["sources"].items():
+        assert src["duplicates"] == 0, f"{name}: a record was logged twice"
+        assert src["undeclared_gaps"] == [], (
+            f"{name}: records lost without a STATUS record saying so"
+        )
+        assert src["first_seq"] == 1
+
+
+def wal_books(data_dir: Path) -> dict[int, Any]:
+    state = book_mod.replay_books(wal.WalReader(paths.market_wal_dir(data_dir)).records())
+    return {inst: (b.bids, b.asks, b.valid, b.last_seq) for inst, b in state.books.items()}
+
+
+def checkpoint_books(data_dir: Path) -> dict[int, Any]:
+    state = book_mod.load_checkpoint(checkpoint_path(data_dir))
+    assert state is not None
+    return {inst: (b.bids, b.asks, b.valid, b.last_seq) for inst, b in state.books.items()}
+
+
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.system
+@pytest.mark.timeout(300)
+def test_sigkill_every_process_several_times_loses_nothing(tmp_path: Path, runs: list[Run]) -> None:
+    config = write_config(tmp_path / "p.toml", feeds=2)
+    data = tmp_path / "data"
+    run = Run(config, data)
+    runs.append(run)
+    run.wait_ready()
+    rng = random.Random(5)
+    victims = ["wal-writer", "book-builder", "ingest:syn0", "ingest:syn1"] * 3
+    rng.shuffle(victims)
+    for victim in victims:
+        # A random moment: after a random amount of further progress.
+        target = run.counter("wal-writer", "records_out") + rng.randrange(1, 20000)
+        wait_until(lambda t=target: run.counter("wal-writer", "records_out") >= t, 60, "progress")  # type: ignore[misc]
+        pid = run.pid_of(victim)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(
+            lambda v=victim, old=pid: any(  # type: ignore[misc]
+                p["name"] == v and p["pid"] not in (0, old) and p["state"] == "ready"
+                for p in run.processes()
+            ),
+            60,
+            f"{victim} to be restarted",
+        )
+    restarts = {p["name"]: p["restarts"] for p in run.processes()}
+    assert all(restarts[v] >= 3 for v in set(victims)), restarts
+    assert run.stop() == 0, run.output()
+    report = verify(data)
+    assert_nothing_lost(report)
+    assert set(report["sources"]) == {"syn0", "syn1"}
+    assert all(s["records"] > 10_000 for s in report["sources"].values())
+    # The book builder was killed mid-stream three times; its final books must
+    # equal books rebuilt from the WAL by a builder that never stopped.
+    assert checkpoint_books(data) == wal_books(data)
+    assert not [
+        s
+        for s in shm.list_segments()
+        if s.run_id == str(run.proc.pid) or s.name.startswith(f"cp-{run.proc.pid}x")
+    ]
+
+
+@pytest.mark.system
+@pytest.mark.timeout(180)
+def test_graceful_stop_persists_everything_published(tmp_path: Path, runs: list[Run]) -> None:
+    config = write_config(tmp_path / "p.toml", rate=0, max_messages=30_000)
+    data = tmp_path / "data"
+    run = Run(config, data)
+    runs.append(run)
+    # The feed finishes by itself; the supervisor then drains and exits 0.
+    assert run.wait(120) == 0, run.output()
+    got = np.concatenate(list(wal.WalReader(paths.market_wal_dir(data)).records()))
+    source = SyntheticSource(SyntheticParams(instruments=20, levels=8, seed=7, max_messages=30_000))
+    expected = np.concatenate(list(source.chunks()))
+    assert len(got) == len(expected), "every published record, and nothing else"
+    assert list(got["seq"]) == list(range(1, len(expected) + 1))
+    for name in ("inst", "kind", "side", "flags", "px", "qty", "aux", "aux2"):
+        assert np.array_equal(got[name], expected[name]), name
+    assert not (paths.run_dir(data) / "pipeline.json").exists()
+
+
+@pytest.mark.system
+@pytest.mark.timeout(180)
+def test_start_after_sigkill_of_the_supervisor_recovers(tmp_path: Path, runs: list[Run]) -> None:
+    config = write_config(tmp_path / "p.toml")
+    data = tmp_path / "data"
+    first = Run(config, data)
+    runs.append(first)
+    info = first.wait_ready()
+    children = [p["pid"] for p in first.processes()]
+    wait_until(
+        lambda: first.counter("wal-writer", "records_out") > 5000, 60, "some records persisted"
+    )
+    first.proc.kill()
+    first.proc.wait()
+    # No orphans: the children notice the supervisor's death and exit.
+    wait_until(
+        lambda: (
+            not any(
+                psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                for p in children
+            )
+        ),
+        30,
+        "the children to exit",
+    )
+    assert shm.exists(info.feeds[0].ring), "the dead run's segments are still there"
+    last_before = wal.recover(paths.market_wal_dir(data)).last_seq(1)
+    second = Run(config, data)
+    runs.append(second)
+    second.wait_ready()
+    assert not shm.exists(info.feeds[0].ring), "stale segments of the dead run were removed"
+    wait_until(
+        lambda: second.counter("wal-writer", "records_out") > 5000, 60, "the second run to persist"
+    )
+    assert second.stop() == 0, second.output()
+    report = verify(data)
+    assert_nothing_lost(report)
+    assert report["sources"]["syn0"]["last_seq"] > last_before + 5000, (
+        "sequences continued across the restart"
+    )
+
+
+@pytest.mark.system
+@pytest.mark.timeout(180)
+def test_readers_attach_and_detach_without_disturbing_the_pipeline(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    config = write_config(tmp_path / "p.toml")
+    data = tmp_path / "data"
+    run = Run(config, data)
+    runs.append(run)
+    info = run.wait_ready()
+    segments_before = sorted(s.name for s in shm.list_segments(f"cp-{info.run_id}-"))
+    for i in range(6):
+        tail = subprocess.run(
+            [
+                *CLI,
+                "tail",
+                "--data-dir",
+                str(data),
+                "--json",
+                "--count",
+                "20",
+                *(["--from-oldest"] if i % 2 else []),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert tail.returncode == 0, tail.stderr.decode()
+        lines = [json.loads(x) for x in tail.stdout.decode().splitlines()]
+        assert len(lines) == 20
+        seqs = [x["seq"] for x in lines]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 20
+        book = subprocess.run(
+            [*CLI, "book", "SYN00003", "--data-dir", str(data), "--json", "--depth", "3"],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert book.returncode == 0, book.stderr.decode()
+        snap = json.loads(book.stdout)
+        assert snap["inst"] == 3 and snap["valid"] and len(snap["bids"]) == 3
+        assert float(snap["bids"][0][0]) < float(snap["asks"][0][0]), "a consistent, uncrossed book"
+    assert sorted(s.name for s in shm.list_segments(f"cp-{info.run_id}-")) == segments_before, (
+        "no reader leaked a segment"
+    )
+    procs = run.processes()
+    assert all(p["restarts"] == 0 and p["alive"] for p in procs)
+    assert run.stop() == 0
+    assert_nothing_lost(verify(data))
+    assert all(r["drops"] == 0 for r in status.collect(data)["rings"])
+
+
+@pytest.mark.system
+@pytest.mark.timeout(120)
+def test_start_fails_clearly(tmp_path: Path, runs: list[Run]) -> None:
+    bad_key = write_config(tmp_path / "bad.toml", extra="[bogus]\nx = 1\n")
+    result = subprocess.run(
+        [
+            *CLI,
+            "start",
+            "--foreground",
+            "--config",
+            str(bad_key),
+            "--data-dir",
+            str(tmp_path / "d1"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and b"unknown key 'bogus'" in result.stderr
+    bad_param = tmp_path / "param.toml"
+    bad_param.write_text(
+        write_config(tmp_path / "x.toml").read_text().replace("levels = 8", "levels = 8\nspeed = 3")
+    )
+    result = subprocess.run(
+        [
+            *CLI,
+            "start",
+            "--foreground",
+            "--config",
+            str(bad_param),
+            "--data-dir",
+            str(tmp_path / "d2"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert (
+        b"ingest:syn0 could not start" in result.stderr and b"unknown key 'speed'" in result.stderr
+    )
+    # A data dir that cannot be created (its parent is a file; works as root too).
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = subprocess.run(
+        [
+            *CLI,
+            "start",
+            "--foreground",
+            "--config",
+            str(bad_param),
+            "--data-dir",
+            str(blocker / "d"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and b"not writable" in result.stderr
+    assert not [s for s in shm.list_segments() if not shm.run_is_alive(s.run_id)], (
+        "failed starts leave no segments"
+    )
+
+
+@pytest.mark.system
+@pytest.mark.timeout(120)
+def test_second_start_on_the_same_data_dir_is_refused(tmp_path: Path, runs: list[Run]) -> None:
+    config = write_config(tmp_path / "p.toml")
+    data = tmp_path / "data"
+    run = Run(config, data)
+    runs.append(run)
+    run.wait_ready()
+    second = subprocess.run(
+        [*CLI, "start", "--foreground", "--config", str(config), "--data-dir", str(data)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert second.returncode == 2 and b"already running" in second.stderr
+    report = status.collect(data)
+    assert report["running"] and len(report["processes"]) == 3
+    for key in ("run_id", "processes", "rings", "wal"):
+        assert key in report
+    for p in report["processes"]:
+        assert {"name", "pid", "alive", "restarts", "cpu", "rss_bytes"} <= set(p)
+    ring = report["rings"][0]
+    assert {"name", "tail", "drops", "consumers"} <= set(ring)
+    assert [c["name"] for c in ring["consumers"]] == ["wal", "book"]
+    assert {"dir", "segments", "bytes", "last_seq"} <= set(report["wal"])
+    assert run.stop() == 0
