@@ -91,6 +91,10 @@ class L2Book:
             [(p, *self.asks[p]) for p in ask_px],
         )
 
+    def flat_top(self, depth: int) -> tuple[list[int], list[int]]:
+        """Like :meth:`top` but flat [px, qty, orders, px, ...] per side (the table's layout)."""
+        return _flat(self.bids, depth, True), _flat(self.asks, depth, False)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "src": self.src,
@@ -121,6 +125,18 @@ class L2Book:
             ts_recv=d["ts_recv"],
             updates=d["updates"],
         )
+
+
+def _flat(levels: Levels, depth: int, best_is_high: bool) -> list[int]:
+    if len(levels) > depth:
+        prices = heapq.nlargest(depth, levels) if best_is_high else heapq.nsmallest(depth, levels)
+    else:
+        prices = sorted(levels, reverse=best_is_high)
+    out: list[int] = []
+    for p in prices:
+        q, o = levels[p]
+        out += (p, q, o)
+    return out
 
 
 class BookState:
@@ -391,7 +407,7 @@ def load_checkpoint(path: Path) -> BookState | None:
         return None
     try:
         return BookState.from_bytes(data)
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+    except Exception as exc:  # any malformed content: one clear error naming the file
         raise PipelineError(f"book checkpoint {path} is unreadable: {exc}") from None
 
 
@@ -500,7 +516,7 @@ class BookTable:
                 f"instrument id {inst} is beyond the book table ({self.slots} slots)"
             )
         depth = self.depth
-        bids, asks = book.top(depth)
+        bids, asks = book.flat_top(depth)
         # One struct call packs the whole slot image (numpy element writes
         # would cost more than the book update that caused the publish).
         values = [
@@ -509,20 +525,18 @@ class BookTable:
             book.ts_exch,
             book.ts_recv,
             ts_publish,
-            len(bids) | (len(asks) << 32),
+            len(bids) // 3 | (len(asks) // 3 << 32),
             book.updates,
             *book.bbo,
             0,
             0,
             0,
             0,
+            *bids,
         ]
-        for level in bids:
-            values.extend(level)
-        values.extend(_ZEROS[: 3 * (depth - len(bids))])
-        for level in asks:
-            values.extend(level)
-        values.extend(_ZEROS[: self.slot_words - 1 - len(values)])
+        values += _ZEROS[: 3 * depth - len(bids)]
+        values += asks
+        values += _ZEROS[: self.slot_words - 1 - len(values)]
         base = inst * self.slot_words
         lock = self._words
         lock[base] += 1  # odd: writing

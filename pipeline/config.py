@@ -204,11 +204,13 @@ def load(path: str | Path, *, data_dir: str | Path | None = None) -> Config:
     """Read and validate a TOML config. ``data_dir`` overrides the file's."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     return from_dict(raw, source=str(path), data_dir=data_dir)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 from typing import Final
@@ -27,3 +28,29 @@ def instruments_wal_dir(root: Path) -> Path:
 
 def run_dir(root: Path) -> Path:
     return root / "run"
+
+
+class LockHeld(Exception):
+    """Another live process holds the lock; ``holder`` is the pid it wrote."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is locked by pid {holder}")
+        self.holder = holder
+
+
+def pid_lock(path: Path) -> int:
+    """Take an exclusive lock on ``path`` (created 0600) and write our pid in it.
+
+    Returns the open descriptor: the lock lasts until it is closed or the
+    process dies (so a SIGKILL never leaves a stale lock behind).
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise LockHeld(path, holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

@@ -15,7 +15,6 @@ removed, the WAL's torn tail is repaired, and sequences continue from the WAL.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import multiprocessing as mp
 import os
@@ -155,19 +154,12 @@ class Supervisor:
             ) from None
 
     def _take_lock(self) -> None:
-        path = paths.run_dir(self.data_dir) / "supervisor.pid"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
+            self._lock_fd = paths.pid_lock(paths.run_dir(self.data_dir) / "supervisor.pid")
+        except paths.LockHeld as held:
             raise FatalError(
-                f"a pipeline is already running on {self.data_dir} (pid {holder})"
+                f"a pipeline is already running on {self.data_dir} (pid {held.holder})"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
 
     def _recover_previous_run(self) -> None:
         """Salvage the rings of a dead previous run into the WAL, then remove stale segments."""

@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline import record as rec
 from pipeline.adapter import AdapterContext, check_params
+from pipeline.errors import ConfigError
 from pipeline.record import Flag, Kind, Records, Side
 
 TICK = 1_000_000  # 0.01 in fixed point
@@ -199,7 +200,25 @@ class SyntheticSource:
                 yield self._received(self.messages(self._remaining(n), time.time_ns()))
 
 
+_PARAM_RANGES: dict[str, tuple[float, float]] = {
+    "instruments": (1, 1 << 22),
+    "first_inst": (1, (1 << 32) - 1),  # 0 means "the whole source" in STATUS records
+    "levels": (1, 1000),
+    "rate": (0, 1e8),
+    "chunk": (1, 1 << 16),
+    "trade_ratio": (0, 1),
+    "move_every": (0, 1 << 62),
+    "max_messages": (0, 1 << 62),
+}
+
+
 def factory(params: Mapping[str, Any], context: AdapterContext) -> SyntheticSource:
     """The adapter entry point named in configs: ``pipeline.synthetic:factory``."""
     check_params(params, _PARAM_TYPES, context.feed)
+    for key, value in params.items():
+        low, high = _PARAM_RANGES.get(key, (-float("inf"), float("inf")))
+        if not low <= value <= high:
+            raise ConfigError(
+                f"feeds.{context.feed}.params.{key} must be in {low:g}..{high:g}, got {value!r}"
+            )
     return SyntheticSource(SyntheticParams(**params), src=context.src)

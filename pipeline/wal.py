@@ -33,7 +33,6 @@ shows up as a sequence gap in ``verify``).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import queue
 import struct
@@ -49,6 +48,7 @@ import crc32c
 import numpy as np
 import numpy.typing as npt
 
+from pipeline import paths
 from pipeline import record as rec
 from pipeline.errors import ConfigError, WalCorruptError, WalError, WalLockedError
 from pipeline.record import RECORD_DTYPE, RECORD_SIZE, Records
@@ -730,19 +730,12 @@ class WalWriter:
     # -- setup ---------------------------------------------------------------
 
     def _take_lock(self) -> int:
-        path = self.directory / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+            return paths.pid_lock(self.directory / LOCK_NAME)
+        except paths.LockHeld as held:
             raise WalLockedError(
-                f"WAL {self.directory} is in use by another writer (pid {holder})"
+                f"WAL {self.directory} is in use by another writer (pid {held.holder})"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
 
     def _new_spare(self) -> tuple[int, Path]:
         """A preallocated, still unnamed segment file (``*.wal.tmp``: recovery deletes leftovers)."""
