@@ -7,7 +7,7 @@ Layout (little-endian, 8-byte aligned, exactly 64 bytes)::
       8  ts_exch  i64   exchange event time, ns since the epoch (0: the venue gives none)
      16  ts_recv  i64   local receive time of the wire frame, ns since the epoch
      24  inst     u32   dense instrument id from the instrument registry
-     28  src      u8    source id (one per feed: binance-spot, zerodha, ...)
+     28  src      u8    source id (one per feed, from the configuration)
      29  kind     u8    :class:`Kind`
      30  side     u8    :class:`Side`
      31  flags    u8    :class:`Flag` bits

@@ -782,7 +782,7 @@ class WalWriter:
     # -- appending -----------------------------------------------------------
 
     def register_source(self, src: int, name: str) -> None:
-        """Name a source id (stored in the log so readers can say ``binance-spot``)."""
+        """Name a source id (stored in the log so readers can say the feed's name)."""
         if not 0 <= src <= 255:
             raise ValueError(f"source id must be 0..255, got {src}")
         if len(name.encode()) > 15:

@@ -165,6 +165,17 @@ def runs(tmp_path: Path) -> Iterator[list[Run]]:
                 stream.close()
 
 
+def start_foreground(config: Path, data_dir: Path) -> subprocess.CompletedProcess[bytes]:
+    """`start --foreground` expected to end by itself (a failure to start)."""
+    return subprocess.run(
+        [*CLI, "start", "--foreground", "--config", str(config), "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def verify(data_dir: Path) -> dict[str, Any]:
     result = subprocess.run(
         [*CLI, "replay", "--wal", str(paths.market_wal_dir(data_dir)), "--verify", "--json"],
@@ -362,41 +373,13 @@ def test_readers_attach_and_detach_without_disturbing_the_pipeline(
 @pytest.mark.timeout(120)
 def test_start_fails_clearly(tmp_path: Path, runs: list[Run]) -> None:
     bad_key = write_config(tmp_path / "bad.toml", extra="[bogus]\nx = 1\n")
-    result = subprocess.run(
-        [
-            *CLI,
-            "start",
-            "--foreground",
-            "--config",
-            str(bad_key),
-            "--data-dir",
-            str(tmp_path / "d1"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    result = start_foreground(bad_key, tmp_path / "d1")
     assert result.returncode == 2 and b"unknown key 'bogus'" in result.stderr
     bad_param = tmp_path / "param.toml"
     bad_param.write_text(
         write_config(tmp_path / "x.toml").read_text().replace("levels = 8", "levels = 8\nspeed = 3")
     )
-    result = subprocess.run(
-        [
-            *CLI,
-            "start",
-            "--foreground",
-            "--config",
-            str(bad_param),
-            "--data-dir",
-            str(tmp_path / "d2"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    result = start_foreground(bad_param, tmp_path / "d2")
     assert result.returncode == 2
     assert (
         b"ingest:syn0 could not start" in result.stderr and b"unknown key 'speed'" in result.stderr
@@ -404,21 +387,7 @@ def test_start_fails_clearly(tmp_path: Path, runs: list[Run]) -> None:
     # A data dir that cannot be created (its parent is a file; works as root too).
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    result = subprocess.run(
-        [
-            *CLI,
-            "start",
-            "--foreground",
-            "--config",
-            str(bad_param),
-            "--data-dir",
-            str(blocker / "d"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    result = start_foreground(bad_param, blocker / "d")
     assert result.returncode == 2 and b"not writable" in result.stderr
     assert not [s for s in shm.list_segments() if not shm.run_is_alive(s.run_id)], (
         "failed starts leave no segments"
@@ -433,13 +402,7 @@ def test_second_start_on_the_same_data_dir_is_refused(tmp_path: Path, runs: list
     run = Run(config, data)
     runs.append(run)
     run.wait_ready()
-    second = subprocess.run(
-        [*CLI, "start", "--foreground", "--config", str(config), "--data-dir", str(data)],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    second = start_foreground(config, data)
     assert second.returncode == 2 and b"already running" in second.stderr
     report = status.collect(data)
     assert report["running"] and len(report["processes"]) == 3
