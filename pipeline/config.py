@@ -64,16 +64,29 @@ class WalSection:
     segment_bytes: int = wal_mod.DEFAULT_SEGMENT_BYTES
     fsync: str = "interval"
     fsync_interval_ms: float = 50.0
-    cpu: int = -1
-    """Core to pin the WAL writer to; -1 leaves it to the scheduler."""
+    cpu: int | str = "auto"
+    """Core to pin the WAL writer to: a core number, "auto" (the last core this
+    process may use, leaving the first to the feeds) or "none"."""
 
     def __post_init__(self) -> None:
         try:
             self.writer_config()
         except ConfigError as exc:
             raise ConfigError(str(exc).replace("wal ", "wal.", 1)) from None
-        if self.cpu < -1:
-            raise ConfigError(f"wal.cpu must be a core number or -1, got {self.cpu}")
+        if not (
+            self.cpu in ("auto", "none")
+            or (isinstance(self.cpu, int) and not isinstance(self.cpu, bool) and self.cpu >= 0)
+        ):
+            raise ConfigError(f'wal.cpu must be a core number, "auto" or "none"; got {self.cpu!r}')
+
+    def pin_cpu(self) -> int | None:
+        """The core to pin the WAL writer to, or None."""
+        if self.cpu == "none":
+            return None
+        if self.cpu == "auto":
+            cores = sorted(os.sched_getaffinity(0))
+            return cores[-1] if len(cores) > 1 else None
+        return int(self.cpu)
 
     def writer_config(self) -> wal_mod.WalConfig:
         return wal_mod.WalConfig(
@@ -183,7 +196,9 @@ def _section(cls: type[T], raw: Any, where: str) -> T:
     for key, value in raw.items():
         expected = known[key].type
         default = known[key].default
-        if isinstance(default, bool) or expected in ("bool",):
+        if isinstance(expected, str) and "|" in expected:
+            ok = True  # a union: the dataclass validates it
+        elif isinstance(default, bool) or expected in ("bool",):
             ok = isinstance(value, bool)
         elif isinstance(default, float) or expected == "float":
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)

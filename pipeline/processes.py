@@ -230,8 +230,14 @@ def run_wal_writer(spec: RunSpec) -> None:
     reporter, stop = _setup(spec, "wal-writer")
     config = spec.config
     try:
-        if config.wal.cpu >= 0:
-            os.sched_setaffinity(0, {config.wal.cpu})
+        core = config.wal.pin_cpu()
+        if core is not None:
+            try:
+                os.sched_setaffinity(0, {core})
+            except OSError as exc:
+                raise ConfigError(
+                    f"wal.cpu: cannot pin the WAL writer to core {core}: {exc.strerror}"
+                ) from None
         writer = wal_mod.WalWriter(
             paths.market_wal_dir(config.data_dir), config.wal.writer_config()
         )

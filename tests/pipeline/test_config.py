@@ -466,3 +466,17 @@ def test_from_dict_matches_load(tmp_path: Path) -> None:
     from_file = config_mod.load(path)
     from_raw = config_mod.from_dict(tomllib.loads(VALID), source=str(path))
     assert from_raw == from_file
+
+
+def test_wal_cpu_auto_pins_the_last_core_and_none_pins_nothing() -> None:
+    import os
+
+    from pipeline.config import WalSection
+
+    cores = sorted(os.sched_getaffinity(0))
+    assert WalSection().cpu == "auto"
+    assert WalSection().pin_cpu() == (cores[-1] if len(cores) > 1 else None)
+    assert WalSection(cpu="none").pin_cpu() is None
+    assert WalSection(cpu=0).pin_cpu() == 0
+    with pytest.raises(ConfigError, match="wal.cpu"):
+        WalSection(cpu="fast")
