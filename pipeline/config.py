@@ -63,7 +63,7 @@ class RingConfig:
 class WalSection:
     segment_bytes: int = wal_mod.DEFAULT_SEGMENT_BYTES
     fsync: str = "interval"
-    fsync_interval_ms: float = 50.0
+    fsync_interval_ms: float = 1000.0
     cpu: int | str = "auto"
     """Core to pin the WAL writer to: a core number, "auto" (the last core this
     process may use, leaving the first to the feeds) or "none"."""

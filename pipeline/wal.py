@@ -575,13 +575,16 @@ def _fsync_dir(directory: Path) -> None:
 @dataclass(frozen=True)
 class WalConfig:
     """How the WAL writes. ``fsync``: ``interval`` (group commit every
-    ``fsync_interval_ms``, in a background thread so appends never wait),
+    ``fsync_interval_ms``, in a background thread so appends never wait; the
+    default 1 s bounds what a power loss can take, while a process crash
+    loses nothing that was flushed; syncing every 50 ms cost about 30% of
+    the throughput on the reference disk),
     ``always`` (every flush), ``rotate`` (only when a segment is sealed and on
     close), ``never`` (leave it to the OS)."""
 
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     fsync: str = "interval"
-    fsync_interval_ms: float = 50.0
+    fsync_interval_ms: float = 1000.0
     buffer_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
