@@ -440,6 +440,58 @@ def bench_pipeline(seconds: float, rate: float, directory: Path | None, as_json:
         )
 
 
+@main.group("verify-capture", cls=_Group)
+def verify_capture() -> None:
+    """Run recorded venue traffic through the real decoders, book sync and book builder."""
+
+
+@verify_capture.command("binance")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--market",
+    type=click.Choice(["auto", "spot", "usdm"]),
+    default="auto",
+    show_default=True,
+    help="Spot or USD-M futures sync rules (auto: from the capture).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_capture_binance(files: tuple[Path, ...], market: str, as_json: bool) -> None:
+    """Check a Binance capture: every diff event through the sync state machine,
+    every bookTicker against the book built from the diffs.
+
+    \b
+    FILES are cryptofeed captures (a WS file's .http. companion is read with
+    it) or plain `<receive ns> <raw message>` lines, gzip or not. Exit code 1
+    when a bookTicker disagrees with the book, an unexplained gap is found,
+    or a message cannot be decoded.
+    """
+    from connector.binance.verify import verify_capture as run_verify
+
+    report = run_verify(list(files), market)
+    if as_json:
+        _print_json(report)
+    else:
+        con = _console()
+        con.print(
+            f"{report['market']}: {report['messages']:,} messages, {report['depth_updates']:,} depth updates, "
+            f"{report['snapshots']} snapshots; gaps {report['gaps']} (unexplained {report['unexplained_gaps']}), "
+            f"resyncs {report['resyncs']}; bookTickers checked {report['bbo_checked']} "
+            f"(mismatches {report['bbo_mismatches']}, between depth events {report['bbo_uncheckable']}); "
+            f"decode errors {report['decode_errors']}"
+        )
+        for line in report["decode_error_samples"] + report["capture_errors"]:
+            con.print(f"  {line}")
+        for m in report["mismatches"]:
+            con.print(f"  mismatch {m}")
+    if (
+        report["bbo_mismatches"]
+        or report["unexplained_gaps"]
+        or report["decode_errors"]
+        or report["capture_errors"]
+    ):
+        sys.exit(EXIT_PROBLEM)
+
+
 # ---------------------------------------------------------------------------
 # the runtime
 

@@ -472,7 +472,9 @@ def bench_wal(
         report = wal_mod.verify(wal_dir)
         # Each WAL run and the baseline right after it form a pair; report the
         # pair with the median ratio (the host drifts too much for best-of-each).
-        pairs = sorted(zip(runs, base_s, strict=True), key=lambda pair: pair[1] / pair[0]["elapsed"])
+        pairs = sorted(
+            zip(runs, base_s, strict=True), key=lambda pair: pair[1] / pair[0]["elapsed"]
+        )
         best, base_elapsed = pairs[len(pairs) // 2]
         mb_per_s = best["bytes"] / best["elapsed"] / 1e6
         baseline_mb_per_s = best["bytes"] / base_elapsed / 1e6

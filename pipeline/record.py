@@ -53,6 +53,17 @@ Field use per kind (fields not named are 0):
 ``MARK``
     ``px`` = mark price, ``qty`` = index price, ``aux`` = funding rate (fixed
     point), ``aux2`` = next funding time, ns since the epoch.
+``BOOK_UPDATE``
+    Opens a book diff message and carries the venue's update ids for the
+    BOOK_LEVEL records that follow in the same message: ``px`` = first update
+    id, ``qty`` = last update id, ``aux`` = the previous message's last id
+    where the venue sends it (else -1), ``aux2`` = transaction time in ns
+    (else 0). The book builder ignores it; sync checks and audits use it.
+``EXTRA``
+    More fields of the record before it in the same message, for venues that
+    send more than one record holds; the layout per message type is
+    documented by the venue's decoder (e.g. an aggregated trade's first and
+    last trade ids). Ignored by the book builder.
 ``STATUS``
     Something happened to the feed rather than the market. ``aux`` =
     :class:`StatusReason`; ``inst`` = the instrument concerned, 0 for the whole
@@ -120,6 +131,8 @@ class Kind(IntEnum):
     OI = 8
     MARK = 9
     STATUS = 10
+    BOOK_UPDATE = 11
+    EXTRA = 12
 
 
 class Side(IntEnum):
