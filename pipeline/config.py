@@ -163,6 +163,28 @@ class FeedConfig:
 
 
 @dataclass(frozen=True)
+class ServiceConfig:
+    """A helper process the feeds need, run by the supervisor before them and
+    stopped after them (e.g. a loopback venue simulator for a demo or a test)."""
+
+    name: str
+    target: str
+    """``package.module:function`` called as ``function(params, context)``; it
+    serves until ``context.stopping()`` and calls ``context.ready()`` once up."""
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.name):
+            raise ConfigError(
+                f"services: name {self.name!r} must be 1-15 characters of a-z, 0-9, '-' or '_'"
+            )
+        if ":" not in self.target:
+            raise ConfigError(
+                f"services.{self.name}.target must look like 'package.module:function'"
+            )
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
     ring: RingConfig = field(default_factory=RingConfig)
@@ -170,6 +192,7 @@ class Config:
     book: BookSection = field(default_factory=BookSection)
     supervisor: SupervisorSection = field(default_factory=SupervisorSection)
     feeds: tuple[FeedConfig, ...] = ()
+    services: tuple[ServiceConfig, ...] = ()
     source: str = "<defaults>"
     """Where this configuration came from (for messages)."""
 
@@ -236,7 +259,7 @@ def from_dict(
     data_dir: str | Path | None = None,
 ) -> Config:
     """Validate an already-parsed configuration (tests and tools build these)."""
-    top = {"data_dir", "ring", "wal", "book", "supervisor", "feeds"}
+    top = {"data_dir", "ring", "wal", "book", "supervisor", "feeds", "services"}
     for key in raw:
         if key not in top:
             raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(sorted(top))})")
@@ -263,6 +286,7 @@ def from_dict(
             if not isinstance(params, Mapping):
                 raise ConfigError(f"feeds[{i}].params must be a table")
             feeds.append(FeedConfig(feed["name"], feed["adapter"], src or i + 1, dict(params)))
+        services = _services(raw.get("services", []))
         names = [f.name for f in feeds]
         if len(set(names)) != len(names):
             raise ConfigError(f"feed names must be unique: {names}")
@@ -284,12 +308,36 @@ def from_dict(
             book=_section(BookSection, raw.get("book", {}), "book"),
             supervisor=_section(SupervisorSection, raw.get("supervisor", {}), "supervisor"),
             feeds=tuple(feeds),
+            services=services,
             source=source,
         )
     except ConfigError as exc:
         if str(exc).startswith(source):
             raise
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def _services(raw: Any) -> tuple[ServiceConfig, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("services must be an array of tables ([[services]])")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"services[{i}] must be a table")
+        for key in item:
+            if key not in {"name", "target", "params"}:
+                raise ConfigError(f"unknown key services[{i}].{key} (known: name, params, target)")
+        for key in ("name", "target"):
+            if not isinstance(item.get(key), str):
+                raise ConfigError(f"services[{i}].{key} is required and must be a string")
+        params = item.get("params", {})
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"services[{i}].params must be a table")
+        out.append(ServiceConfig(item["name"], item["target"], dict(params)))
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"service names must be unique: {names}")
+    return tuple(out)
 
 
 def replace(config: Config, **changes: Any) -> Config:

@@ -222,6 +222,45 @@ def _write_instruments(spec: RunSpec, feed_name: str, adapter: Any) -> None:
 
 
 # ---------------------------------------------------------------------------
+# services
+
+
+class ServiceContext:
+    """What a service target gets besides its params."""
+
+    def __init__(self, reporter: Reporter, stop: _Stop, data_dir: Path) -> None:
+        self._reporter = reporter
+        self._stop = stop
+        self.data_dir = data_dir
+
+    def ready(self) -> None:
+        """The service is up (the supervisor starts the feeds only after this)."""
+        self._reporter.state(State.READY)
+
+    def stopping(self) -> bool:
+        """True once the supervisor asked the service to stop; also heartbeats."""
+        self._reporter.heartbeat()
+        return self._stop.requested
+
+
+def run_service(spec: RunSpec, name: str) -> None:
+    """Run a configured service (``target(params, context)``) until asked to stop."""
+    reporter, stop = _setup(spec, f"service:{name}")
+    try:
+        service = next(s for s in spec.config.services if s.name == name)
+        target = load_factory(service.target)
+    except Exception as exc:
+        _fail(reporter, exc)
+        return
+    try:
+        target(service.params, ServiceContext(reporter, stop, spec.config.data_dir))  # type: ignore[arg-type]
+    except Exception as exc:
+        _fail(reporter, exc)
+        return
+    reporter.state(State.EXITED)
+
+
+# ---------------------------------------------------------------------------
 # WAL writer
 
 

@@ -66,6 +66,10 @@ class Child:
     def is_ingest(self) -> bool:
         return self.name.startswith("ingest:")
 
+    @property
+    def is_service(self) -> bool:
+        return self.name.startswith("service:")
+
 
 class Supervisor:
     def __init__(
@@ -213,7 +217,11 @@ class Supervisor:
             books_name, config.book.max_instruments, config.book.depth
         ).close()
         self._segments.append(books_name)
-        names = ["wal-writer", "book-builder"] + [f"ingest:{f.name}" for f in config.feeds]
+        names = (
+            [f"service:{s.name}" for s in config.services]
+            + ["wal-writer", "book-builder"]
+            + [f"ingest:{f.name}" for f in config.feeds]
+        )
         procs_name = shm.segment_name(run_id, "procs")
         self.table = ProcessTable.create(procs_name, names)
         self._segments.append(procs_name)
@@ -233,13 +241,31 @@ class Supervisor:
         spec = RunSpec(
             config=_with_data_dir(config, self.data_dir), run=self.run, parent_pid=os.getpid()
         )
-        self.children = [
-            Child("wal-writer", processes.run_wal_writer, (spec,), 0),
-            Child("book-builder", processes.run_book_builder, (spec,), 1),
-        ] + [
-            Child(f"ingest:{f.name}", processes.run_ingest, (spec, f.name), 2 + i)
-            for i, f in enumerate(config.feeds)
-        ]
+        slot = {name: i for i, name in enumerate(names)}
+        self.children = (
+            [
+                Child(
+                    f"service:{s.name}",
+                    processes.run_service,
+                    (spec, s.name),
+                    slot[f"service:{s.name}"],
+                )
+                for s in config.services
+            ]
+            + [
+                Child("wal-writer", processes.run_wal_writer, (spec,), slot["wal-writer"]),
+                Child("book-builder", processes.run_book_builder, (spec,), slot["book-builder"]),
+            ]
+            + [
+                Child(
+                    f"ingest:{f.name}",
+                    processes.run_ingest,
+                    (spec, f.name),
+                    slot[f"ingest:{f.name}"],
+                )
+                for f in config.feeds
+            ]
+        )
         log.info("run %s: %d feeds, data dir %s", run_id, len(feeds), self.data_dir)
 
     def _spawn(self, child: Child) -> None:
@@ -252,7 +278,7 @@ class Supervisor:
         child.finished = False
 
     def _spawn_all(self) -> None:
-        # Consumers first: the WAL writer must be ready before records flow.
+        # Services, then the consumers, then the feeds: each waits for what it needs.
         for child in self.children:
             self._spawn(child)
             if not child.is_ingest:
@@ -377,9 +403,11 @@ class Supervisor:
         """Ingest stops first (closing the rings); then consumers finish the rings and exit."""
         timeout = self.config.supervisor.drain_timeout_s
         ingest = [c for c in self.children if c.is_ingest]
-        consumers = [c for c in self.children if not c.is_ingest]
+        services = [c for c in self.children if c.is_service]
+        consumers = [c for c in self.children if not c.is_ingest and not c.is_service]
         self._terminate(ingest, timeout)
         self._terminate(consumers, timeout)
+        self._terminate(services, timeout)
 
     def _capture_final(self) -> None:
         """What the run did, read after the drain and before the shared memory goes."""

@@ -415,3 +415,24 @@ def test_second_start_on_the_same_data_dir_is_refused(tmp_path: Path, runs: list
     assert [c["name"] for c in ring["consumers"]] == ["wal", "book"]
     assert {"dir", "segments", "bytes", "last_seq"} <= set(report["wal"])
     assert run.stop() == 0
+
+
+@pytest.mark.system
+@pytest.mark.timeout(120)
+def test_services_start_before_the_feeds_and_stop_after_them(tmp_path: Path, runs: list[Run]) -> None:
+    log = tmp_path / "service.log"
+    config = write_config(
+        tmp_path / "p.toml",
+        rate=0,
+        max_messages=20_000,
+        extra=f'[[services]]\nname = "helper"\ntarget = "tests.pipeline.service_target:run"\n[services.params]\nlog = "{log}"\n',
+    )
+    data = tmp_path / "data"
+    run = Run(config, data)
+    runs.append(run)
+    assert run.wait(120) == 0, run.output()
+    started, stopped = (int(line.split()[1]) for line in log.read_text().splitlines())
+    # Every record was received while the service was up.
+    got = np.concatenate(list(wal.WalReader(paths.market_wal_dir(data)).records()))
+    assert len(got) > 20_000
+    assert started < int(got["ts_recv"].min()) and int(got["ts_recv"].max()) < stopped
