@@ -154,6 +154,18 @@ def parse_many(values: Sequence[str | bytes] | npt.NDArray[np.generic]) -> npt.N
     input and its index. Accepts a list of ``str`` or ``bytes``, or a numpy
     ``S``/``U`` array (which avoids a conversion when the caller has one).
     """
+    if isinstance(values, list) and values:
+        # numpy's fixed-width strings drop trailing NULs ("5\0" would pass as
+        # "5"): let the scalar path name such an input instead.
+        try:
+            has_nul = "\0" in "".join(values)
+        except TypeError:
+            try:
+                has_nul = b"\0" in b"".join(values)
+            except TypeError:
+                has_nul = True  # mixed str and bytes: one by one, with precise errors
+        if has_nul:
+            return np.array([_parse_indexed(v, i) for i, v in enumerate(values)], dtype=np.int64)
     arr, mat = _code_matrix(values)
     n = len(arr)
     if n == 0:

@@ -16,6 +16,7 @@ Bad lines are reported (line number and why) rather than skipped silently.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import heapq
 from collections.abc import Iterable, Iterator
@@ -60,7 +61,20 @@ def read(path: Path | str, errors: list[str] | None = None) -> Iterator[Message]
     """Messages of one capture file in file order. Unreadable lines raise
     :class:`CaptureError`, or are appended to ``errors`` when it is given."""
     path = Path(path)
-    for number, raw in enumerate(_open(path), 1):
+    lines = _open(path)
+    number = 0
+    while True:
+        try:
+            raw = next(lines)
+        except StopIteration:
+            return
+        except (EOFError, OSError) as exc:  # a truncated gzip (a recorder killed mid-write)
+            problem = f"{path}: unreadable after line {number}: {exc}"
+            if errors is None:
+                raise CaptureError(problem) from None
+            errors.append(problem)
+            return
+        number += 1
         line = raw.rstrip(b"\r\n")
         if not line:
             continue
@@ -109,4 +123,4 @@ def companions(path: Path) -> list[Path]:
     if ".ws." not in name:
         return []
     stem = name.split(".ws.")[0]
-    return sorted(p for p in path.parent.glob(f"{stem}.http.*") if p.is_file())
+    return sorted(p for p in path.parent.glob(f"{glob.escape(stem)}.http.*") if p.is_file())

@@ -101,11 +101,24 @@ class Decoded:
     stream: str = ""
 
 
+_I64 = 1 << 63
+
+
 def _int(obj: Mapping[str, Any], key: str, what: str) -> int:
     value = obj.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
         raise DecodeError(f"{what}: field {key!r} missing or not an integer ({value!r})")
+    if not -_I64 <= value < _I64:
+        raise DecodeError(f"{what}: field {key!r} does not fit 64 bits ({value})")
     return value
+
+
+def _ms(obj: Mapping[str, Any], key: str, what: str) -> int:
+    """A millisecond time field as ns since the epoch."""
+    value = _int(obj, key, what)
+    if not 0 <= value < _I64 // MS:
+        raise DecodeError(f"{what}: field {key!r} is not a plausible time in ms ({value})")
+    return value * MS
 
 
 def _dec(obj: Mapping[str, Any], key: str, what: str) -> int:
@@ -221,10 +234,10 @@ class Decoder:
         out = rec.empty(1 + n)
         out["inst"] = inst
         out["ts_recv"] = recv_ns
-        out["ts_exch"] = body.get("E", 0) * MS if isinstance(body.get("E"), int) else 0
+        out["ts_exch"] = _ms(body, "E", what) if "E" in body else 0
         out["kind"][0] = _BOOK_CLEAR
         out["aux"][0] = last_update_id
-        out["aux2"][0] = body["T"] * MS if isinstance(body.get("T"), int) else 0
+        out["aux2"][0] = _ms(body, "T", what) if "T" in body else 0
         self._fill_levels(out[1:], values, len(bids) // 2)
         out["flags"] = _SNAPSHOT
         out["flags"][-1] |= _LAST
@@ -255,7 +268,7 @@ class Decoder:
         inst = self._inst(msg.get("s"), what)
         first = _int(msg, "U", what)
         last = _int(msg, "u", what)
-        event_ms = _int(msg, "E", what)
+        event_ns = _ms(msg, "E", what)
         bids = _levels(msg, "b", what)
         asks = _levels(msg, "a", what)
         values = self._parse_levels(bids + asks, what)
@@ -263,13 +276,13 @@ class Decoder:
         out = rec.empty(1 + n)
         out["inst"] = inst
         out["ts_recv"] = recv_ns
-        out["ts_exch"] = event_ms * MS
+        out["ts_exch"] = event_ns
         head = out[0]
         head["kind"] = _BOOK_UPDATE
         head["px"] = first
         head["qty"] = last
         head["aux"] = _int(msg, "pu", what) if "pu" in msg else -1
-        head["aux2"] = _int(msg, "T", what) * MS if "T" in msg else 0
+        head["aux2"] = _ms(msg, "T", what) if "T" in msg else 0
         if n:
             self._fill_levels(out[1:], values, len(bids) // 2)
         out["flags"][-1] = _LAST
@@ -285,14 +298,14 @@ class Decoder:
         out = rec.empty(2 if extra else 1)
         out["inst"] = inst
         out["ts_recv"] = recv_ns
-        out["ts_exch"] = _int(msg, "T", what) * MS
+        out["ts_exch"] = _ms(msg, "T", what)
         t = out[0]
         t["kind"] = Kind.TRADE
         t["side"] = Side.SELL if maker else Side.BUY
         t["px"] = _dec(msg, "p", what)
         t["qty"] = _dec(msg, "q", what)
         t["aux"] = _int(msg, "a" if agg else "t", what)
-        t["aux2"] = _int(msg, "E", what) * MS
+        t["aux2"] = _ms(msg, "E", what)
         if extra:
             x = out[1]
             x["kind"] = Kind.EXTRA
@@ -307,13 +320,13 @@ class Decoder:
         out = rec.empty(2)
         out["inst"] = inst
         out["ts_recv"] = recv_ns
-        out["ts_exch"] = _int(msg, "E", what) * MS if "E" in msg else 0
+        out["ts_exch"] = _ms(msg, "E", what) if "E" in msg else 0
         out["kind"] = Kind.BBO
         out["side"] = (Side.BID, Side.ASK)
         out["px"] = (_dec(msg, "b", what), _dec(msg, "a", what))
         out["qty"] = (_dec(msg, "B", what), _dec(msg, "A", what))
         out["aux"] = _int(msg, "u", what)
-        out["aux2"] = _int(msg, "T", what) * MS if "T" in msg else 0
+        out["aux2"] = _ms(msg, "T", what) if "T" in msg else 0
         out["flags"][-1] = _LAST
         return out
 
@@ -324,13 +337,13 @@ class Decoder:
         out = rec.empty(2 if settle else 1)
         out["inst"] = inst
         out["ts_recv"] = recv_ns
-        out["ts_exch"] = _int(msg, "E", what) * MS
+        out["ts_exch"] = _ms(msg, "E", what)
         m = out[0]
         m["kind"] = Kind.MARK
         m["px"] = _dec(msg, "p", what)
         m["qty"] = _dec(msg, "i", what) if "i" in msg else 0
         m["aux"] = _dec(msg, "r", what) if msg.get("r") not in (None, "") else 0
-        m["aux2"] = _int(msg, "T", what) * MS if "T" in msg else 0
+        m["aux2"] = _ms(msg, "T", what) if "T" in msg else 0
         if settle:
             out[1]["kind"] = Kind.EXTRA
             out[1]["px"] = _dec(msg, "P", what)
@@ -344,7 +357,7 @@ class Decoder:
         if not isinstance(k, dict):
             raise DecodeError(f"{what}: field 'k' missing or not an object")
         interval = k.get("i")
-        if interval not in INTERVAL_SECONDS:
+        if not isinstance(interval, str) or interval not in INTERVAL_SECONDS:
             raise DecodeError(f"{what}: unknown interval {interval!r}")
         closed = k.get("x")
         if not isinstance(closed, bool):
@@ -352,14 +365,14 @@ class Decoder:
         out = rec.empty(5)
         out["inst"] = inst
         out["ts_recv"] = recv_ns
-        out["ts_exch"] = _int(msg, "E", what) * MS
+        out["ts_exch"] = _ms(msg, "E", what)
         out["kind"][:4] = Kind.OHLC
         out["aux2"][:4] = (OhlcField.OPEN, OhlcField.HIGH, OhlcField.LOW, OhlcField.CLOSE)
         out["px"][:4] = [_dec(k, f, what) for f in ("o", "h", "l", "c")]
         out["qty"][:4] = [_dec(k, f, what) for f in ("v", "q", "V", "Q")]
         out["aux"][:4] = (
-            _int(k, "t", what) * MS,
-            _int(k, "T", what) * MS,
+            _ms(k, "t", what),
+            _ms(k, "T", what),
             _int(k, "n", what),
             int(closed),
         )
