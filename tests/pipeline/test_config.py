@@ -478,5 +478,5 @@ def test_wal_cpu_auto_pins_the_last_core_and_none_pins_nothing() -> None:
     assert WalSection().pin_cpu() == (cores[-1] if len(cores) > 1 else None)
     assert WalSection(cpu="none").pin_cpu() is None
     assert WalSection(cpu=0).pin_cpu() == 0
-    with pytest.raises(ConfigError, match="wal.cpu"):
+    with pytest.raises(ConfigError, match=r"wal\.cpu"):
         WalSection(cpu="fast")
