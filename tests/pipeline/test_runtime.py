@@ -419,7 +419,9 @@ def test_second_start_on_the_same_data_dir_is_refused(tmp_path: Path, runs: list
 
 @pytest.mark.system
 @pytest.mark.timeout(120)
-def test_services_start_before_the_feeds_and_stop_after_them(tmp_path: Path, runs: list[Run]) -> None:
+def test_services_start_before_the_feeds_and_stop_after_them(
+    tmp_path: Path, runs: list[Run]
+) -> None:
     log = tmp_path / "service.log"
     config = write_config(
         tmp_path / "p.toml",

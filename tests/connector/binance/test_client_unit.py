@@ -64,9 +64,13 @@ def test_streams_are_planned_per_path_and_connection_limit() -> None:
     assert paths == {USDM_SPLIT_PATHS["depth"], USDM_SPLIT_PATHS["aggTrade"]}
     assert all(len(g.streams) <= 4 for g in feed.groups)
     planned = sorted(s for g in feed.groups for s in g.streams)
-    assert planned == sorted(f"s{i}usdt@{x}" for i in range(5) for x in ("depth@100ms", "aggTrade", "markPrice@1s"))
+    assert planned == sorted(
+        f"s{i}usdt@{x}" for i in range(5) for x in ("depth@100ms", "aggTrade", "markPrice@1s")
+    )
     depth_groups = [g for g in feed.groups if g.path == "/public/stream"]
-    assert sorted(s for g in depth_groups for s in g.depth_symbols) == [f"S{i}USDT" for i in range(5)]
+    assert sorted(s for g in depth_groups for s in g.depth_symbols) == [
+        f"S{i}USDT" for i in range(5)
+    ]
     assert feed.instruments() == {1 + i: f"S{i}USDT" for i in range(5)}
 
 

@@ -16,7 +16,9 @@ from tests.conftest import shared_fixture
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize(("capture", "market"), [("BINANCE.ws.1.0", "spot"), ("BINANCE_FUTURES.ws.1.0", "usdm")])
+@pytest.mark.parametrize(
+    ("capture", "market"), [("BINANCE.ws.1.0", "spot"), ("BINANCE_FUTURES.ws.1.0", "usdm")]
+)
 def test_every_fixture_capture_verifies(capture: str, market: str) -> None:
     path = shared_fixture(f"binance/cryptofeed/{capture}")
     report = verify_capture([path])
@@ -25,7 +27,9 @@ def test_every_fixture_capture_verifies(capture: str, market: str) -> None:
     assert report["gaps"] == 0 and report["unexplained_gaps"] == 0
     assert report["snapshots"] == 4, "the REST companion file was read"
     assert report["bbo_mismatches"] == 0
-    assert report["bbo_checked"] >= 20, "enough bookTickers line up with a depth event to mean something"
+    assert report["bbo_checked"] >= 20, (
+        "enough bookTickers line up with a depth event to mean something"
+    )
     assert all(s["applied"] > 0 for s in report["symbols"].values())
 
 
@@ -34,7 +38,15 @@ def test_cli_json_contract_and_exit_code() -> None:
     result = CliRunner().invoke(main, ["verify-capture", "binance", str(path), "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    for key in ("messages", "depth_updates", "gaps", "resyncs", "bbo_checked", "bbo_mismatches", "decode_errors"):
+    for key in (
+        "messages",
+        "depth_updates",
+        "gaps",
+        "resyncs",
+        "bbo_checked",
+        "bbo_mismatches",
+        "decode_errors",
+    ):
         assert isinstance(out[key], int), key
 
 
@@ -63,7 +75,14 @@ def test_plain_gzip_capture_gives_the_same_result(tmp_path: Path) -> None:
     _to_plain(ws, http, plain)
     a = verify_capture([ws])
     b = verify_capture([plain])
-    for key in ("depth_updates", "gaps", "snapshots", "bbo_checked", "bbo_mismatches", "decode_errors"):
+    for key in (
+        "depth_updates",
+        "gaps",
+        "snapshots",
+        "bbo_checked",
+        "bbo_mismatches",
+        "decode_errors",
+    ):
         assert a[key] == b[key], key
 
 
@@ -74,7 +93,9 @@ def test_a_dropped_diff_is_found_as_a_gap(tmp_path: Path) -> None:
     del lines[nkn[40]]  # lose one diff in the middle of a synced stream
     damaged = tmp_path / "BINANCE.ws.1.0"
     damaged.write_text("".join(lines))
-    (tmp_path / "BINANCE.http.0.0").write_bytes(shared_fixture("binance/cryptofeed/BINANCE.http.0.0").read_bytes())
+    (tmp_path / "BINANCE.http.0.0").write_bytes(
+        shared_fixture("binance/cryptofeed/BINANCE.http.0.0").read_bytes()
+    )
     report = verify_capture([damaged])
     assert report["gaps"] == 1 and report["unexplained_gaps"] == 1
     assert report["symbols"]["NKNUSDT"]["gaps"] == 1
