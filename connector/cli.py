@@ -493,6 +493,176 @@ def verify_capture_binance(files: tuple[Path, ...], market: str, as_json: bool) 
 
 
 # ---------------------------------------------------------------------------
+# simulators
+
+
+@main.group("simulate", cls=_Group)
+def simulate() -> None:
+    """Loopback venue simulators (127.0.0.1 only) for tests, demos and benchmarks."""
+
+
+@simulate.command("binance")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Loopback address to listen on."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="0 picks a free port.",
+)
+@click.option(
+    "--market",
+    type=click.Choice(["spot", "usdm"]),
+    default=None,
+    help="Default spot (replay: detected).",
+)
+@click.option(
+    "--symbols",
+    "symbols",
+    default=None,
+    help="How many symbols (BTCUSDT, ETHUSDT, ... first), or a comma list of names.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Depth events per second per symbol; 0 = as fast as the clients take them.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated books.")
+@click.option(
+    "--depth-levels",
+    type=click.IntRange(min=2),
+    default=50,
+    show_default=True,
+    help="Levels per side.",
+)
+@click.option(
+    "--replay",
+    "replay",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Serve a recorded capture instead (cryptofeed or plain lines; repeatable).",
+)
+@click.option(
+    "--replay-speed",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="1 = recorded pace, 0 = as fast as possible.",
+)
+@click.option(
+    "--faults", default="", help="e.g. drop=0.01,duplicate=0.01,reorder=0.01,malformed=0.001."
+)
+@click.option("--ping-interval", type=click.FloatRange(min=0.01), default=20.0, show_default=True)
+@click.option("--pong-timeout", type=click.FloatRange(min=0.01), default=60.0, show_default=True)
+@click.option(
+    "--lifetime",
+    type=click.FloatRange(min=0.1),
+    default=86400.0,
+    show_default=True,
+    help="Seconds before the server closes a connection.",
+)
+@click.option(
+    "--weight-limit", type=click.IntRange(min=1), default=None, help="REST weight per minute."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the URLs as one JSON line.")
+def simulate_binance(
+    host: str,
+    port: int,
+    market: str | None,
+    symbols: str | None,
+    rate: float,
+    seed: int,
+    depth_levels: int,
+    replay: tuple[Path, ...],
+    replay_speed: float,
+    faults: str,
+    ping_interval: float,
+    pong_timeout: float,
+    lifetime: float,
+    weight_limit: int | None,
+    as_json: bool,
+) -> None:
+    """Run a loopback Binance simulator in the foreground.
+
+    REST and WebSocket on one port in Binance's wire format (random-walk
+    books, or a replayed capture), with /sim/truth, /sim/stats, /sim/faults
+    and /sim/control for tests. Ctrl-C stops it.
+
+    \b
+    Exit code 2 when it cannot start (port busy, non-loopback host, bad option).
+    """
+    import asyncio
+    import contextlib
+
+    from connector.sim.binance import BinanceSimulator, serve_until_stopped
+
+    names, count = None, None
+    if symbols:
+        if symbols.isdigit():
+            count = int(symbols)
+        else:
+            names = [s.strip() for s in symbols.split(",") if s.strip()]
+    sim = BinanceSimulator(
+        host=host,
+        port=port,
+        market=market,
+        symbols=names,
+        n_symbols=count,
+        rate=rate,
+        seed=seed,
+        depth_levels=depth_levels,
+        faults=faults,
+        ping_interval_s=ping_interval,
+        pong_timeout_s=pong_timeout,
+        lifetime_s=lifetime,
+        weight_limit=weight_limit,
+        replay=list(replay) or None,
+        replay_speed=replay_speed,
+    )
+
+    def ready(sim: BinanceSimulator) -> None:
+        info = {
+            "market": sim.market,
+            "port": sim.port,
+            "ws_url": sim.ws_url,
+            "rest_url": sim.rest_url,
+            "symbols": sim.symbols,
+        }
+        if as_json:
+            click.echo(orjson.dumps(info).decode())
+            return
+        first = sim.symbols[0]
+        mode = (
+            f"replay of {', '.join(map(str, replay))}"
+            if replay
+            else f"{rate:g} events/s per symbol"
+        )
+        click.echo(
+            f"Binance {sim.market} simulator on {sim.host}:{sim.port} ({len(sim.symbols)} symbols, {mode})"
+        )
+        click.echo(
+            f"  WebSocket: {sim.stream_url([first.lower() + '@depth@100ms'])}  (or /ws/<stream>)"
+        )
+        click.echo(f"  REST:      {sim.rest_url}{sim.rest_prefix}/depth?symbol={first}&limit=100")
+        if not replay:
+            click.echo(f"  truth:     {sim.rest_url}/sim/truth?symbol={first}")
+        click.echo(f"  stats:     {sim.rest_url}/sim/stats")
+        _say("Ctrl-C stops it.")
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop
+        asyncio.run(serve_until_stopped(sim, ready))
+    stats = sim.stats()
+    _say(
+        f"stopped: {stats['connections']['total']} connections, {stats['frames_sent']:,} frames sent, "
+        f"faults {stats['faults'] or 'none'}"
+    )
+
+
+# ---------------------------------------------------------------------------
 # the runtime
 
 DATA_DIR_HELP = "Data directory (default: $CONNECTOR_PIPELINE_DATA_DIR, else ./data)."

@@ -168,6 +168,10 @@ class StatusReason(IntEnum):
     STALE = 9
     """No data or heartbeat within the watchdog limit."""
     PRODUCER_RESTART = 10
+    TRADES_MISSED = 11
+    """Trades with ids ``px`` .. ``px + qty - 1`` never arrived (an outage); books are unaffected."""
+    SUBSCRIBE_FAILED = 12
+    """The venue refused a subscription (``aux2`` = its error code)."""
 
 
 class OhlcField(IntEnum):

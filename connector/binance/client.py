@@ -441,6 +441,15 @@ class BinanceFeed:
         primary = conn is group.primary
         event = decoded.event
         self.counters[event] += 1
+        if event == "error":
+            log.error(
+                "%s: the venue refused a request on connection %d: %r",
+                self.config.name,
+                conn.ident,
+                frame[:300],
+            )
+            self._status(StatusReason.SUBSCRIBE_FAILED, detail=conn.ident)
+            return
         if event == "depthUpdate":
             self._depth(decoded, recv_ns, primary)
         elif event in ("trade", "aggTrade"):
@@ -503,11 +512,10 @@ class BinanceFeed:
             # Trades were missed (an outage): declare them.
             inst = int(decoded.records[0]["inst"])
             self._status(
-                StatusReason.GAP,
+                StatusReason.TRADES_MISSED,
                 inst=inst,
                 first_missing=seq.last + 1,
                 missing=trade_id - seq.last - 1,
-                detail=1,
             )
         seq.last = trade_id
         self._emit(decoded.records)

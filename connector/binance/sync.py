@@ -144,13 +144,18 @@ class BookSync:
             self.stats.applied += 1
             decision.publish.append(event)
             return decision
-        # A gap: the book is wrong from here until a new snapshot.
+        # A gap: the book is wrong from here until a new snapshot. Spot ids
+        # are per symbol, so the missing count is exact; USD-M ids are shared
+        # by all symbols, so only "at least one event" is known. Either way
+        # aux2 holds the first id received after the gap.
         expected = self.last_u + 1
-        missing = max(1, first - expected)
+        missing = 1 if self.futures else max(1, first - expected)
         self.stats.gaps += 1
         self.stats.resyncs += 1
         decision.gap = True
-        decision.publish.append(self._status(StatusReason.GAP, recv_ns, expected, missing))
+        gap = self._status(StatusReason.GAP, recv_ns, expected, missing)
+        gap["aux2"] = first
+        decision.publish.append(gap)
         self.state = State.BUFFERING
         self.buffer = [event]
         self.after_gap = True

@@ -31,6 +31,11 @@ REST depth snapshot (``lastUpdateId``)
     MARK (px=p mark, qty=i index, aux=r funding rate in fixed point,
     aux2=T next funding time ns; ts_exch=E), then EXTRA (px=P estimated
     settle price) when sent.
+``<symbol>@depth5/10/20`` (spot partial depth)
+    BOOK_CLEAR (aux=lastUpdateId) then the levels with aux2 = level index
+    (0 = best), not flagged SNAPSHOT: each message is the whole top of book.
+    (USD-M partial depth arrives as depthUpdate events that are not diffs:
+    do not subscribe to it through this decoder.)
 ``kline``
     OHLC x4 (aux2 = OhlcField): OPEN (px=o, qty=v, aux=t open time ns),
     HIGH (px=h, qty=q quote volume, aux=T close time ns), LOW (px=l, qty=V
@@ -211,6 +216,20 @@ class Decoder:
             return Decoded("bookTicker", msg.get("s", ""), self._book_ticker(msg, recv_ns), stream)
         if event is None and "result" in msg and "id" in msg:
             return Decoded("result", "", rec.empty(0), stream)
+        if event is None and "error" in msg and "id" in msg:
+            # A refused SUBSCRIBE/UNSUBSCRIBE: not market data, the client reports it.
+            return Decoded("error", "", rec.empty(0), stream)
+        if event is None and "lastUpdateId" in msg and stream:
+            # Spot partial book depth (<symbol>@depth5/10/20): a small snapshot per message.
+            decoded = self.snapshot(msg, symbol_of_stream(stream), recv_ns)
+            records = decoded.records
+            records["flags"] = records["flags"] & ~_SNAPSHOT
+            levels = records[1:]
+            side_start = np.flatnonzero(levels["side"] == Side.ASK)
+            first_ask = int(side_start[0]) if len(side_start) else len(levels)
+            levels["aux2"][:first_ask] = np.arange(first_ask)
+            levels["aux2"][first_ask:] = np.arange(len(levels) - first_ask)
+            return Decoded("depthPartial", decoded.symbol, records, stream)
         raise DecodeError(
             f"unknown event type {event!r}" + (f" on stream {stream!r}" if stream else "")
         )
