@@ -845,6 +845,7 @@ def status(data_dir: Path | None, as_json: bool) -> None:
     else:
         con.print(f"running: run {report['run_id']}, supervisor pid {report['supervisor_pid']}")
         procs = Table("process", "pid", "state", "restarts", "cpu", "rss MB", "in", "out")
+        procs.columns[0].no_wrap = True
         for p in report["processes"]:
             procs.add_row(
                 p["name"],
@@ -930,6 +931,12 @@ def tail(
 
 def _record_line(item: dict[str, Any]) -> str:
     flags = "|".join(item["flags"]) or "-"
+    head = f"{item['seq']:>10} {item['kind']:<11} inst {item['inst']:<6}"
+    if item["kind"] == "BOOK_UPDATE":
+        ids = f"{item['first_update_id']}..{item['last_update_id']} (prev {item['prev_update_id']})"
+        return f"{head} ids {ids}  {flags}"
+    if item["kind"] == "EXTRA":
+        return f"{head} {item['px']} {item['qty']} {item['aux']} {item['aux2']}  {flags}"
     if item["kind"] == "STATUS":
         return f"{item['seq']:>10} {item['kind']:<10} inst {item['inst']:<6} {item['reason']} missing {item['missing']} from {item['first_missing']}  {flags}"
     return (
@@ -950,7 +957,12 @@ def _record_line(item: dict[str, Any]) -> str:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the book as JSON.")
 @click.option("--watch", is_flag=True, help="Keep refreshing (Ctrl-C to stop).")
-def book(symbol: str, depth: int, data_dir: Path | None, as_json: bool, watch: bool) -> None:
+@click.option(
+    "--feed", default=None, help="The feed the symbol belongs to, when several feeds have it."
+)
+def book(
+    symbol: str, depth: int, data_dir: Path | None, as_json: bool, watch: bool, feed: str | None
+) -> None:
     """Show the live L2 book of SYMBOL (or of an instrument id) from the shared book table."""
     import time
 
@@ -959,7 +971,7 @@ def book(symbol: str, depth: int, data_dir: Path | None, as_json: bool, watch: b
 
     root = _data_dir(data_dir)
     info = runinfo.require(root)
-    inst = _resolve_instrument(root, symbol)
+    inst = _resolve_instrument(root, symbol, feed)
     table = book_mod.BookTable.attach(info.books)
     try:
         if not watch:
@@ -977,14 +989,23 @@ def book(symbol: str, depth: int, data_dir: Path | None, as_json: bool, watch: b
         table.close()
 
 
-def _resolve_instrument(root: Path, symbol: str) -> int:
+def _resolve_instrument(root: Path, symbol: str, feed: str | None = None) -> int:
     from pipeline import paths
 
     folder = paths.run_dir(root) / "instruments"
+    found: dict[str, int] = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if feed is not None and path.stem != feed:
+            continue
         for inst, name in orjson.loads(path.read_bytes()).items():
             if name == symbol:
-                return int(inst)
+                found[path.stem] = int(inst)
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if len(found) > 1:
+        raise _Failed(
+            f"{symbol} is on several feeds ({', '.join(sorted(found))}): choose one with --feed"
+        )
     if symbol.isdigit():
         return int(symbol)
     raise _Failed(

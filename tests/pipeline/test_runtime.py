@@ -438,3 +438,98 @@ def test_services_start_before_the_feeds_and_stop_after_them(
     got = np.concatenate(list(wal.WalReader(paths.market_wal_dir(data)).records()))
     assert len(got) > 20_000
     assert started < int(got["ts_recv"].min()) and int(got["ts_recv"].max()) < stopped
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.system
+@pytest.mark.timeout(240)
+def test_binance_feeds_on_the_simulator_survive_sigkills(tmp_path: Path, runs: list[Run]) -> None:
+    spot, usdm = _free_port(), _free_port()
+    config = tmp_path / "binance.toml"
+    config.write_text(
+        f"""
+[ring]
+capacity = 8192
+full_wait_ms = 60000
+
+[supervisor]
+restart_backoff_ms = 50
+restart_backoff_max_ms = 400
+
+[[services]]
+name = "sim-spot"
+target = "connector.sim.service:binance"
+[services.params]
+port = {spot}
+market = "spot"
+symbols = ["BTCUSDT", "ETHUSDT"]
+rate = 50
+
+[[services]]
+name = "sim-usdm"
+target = "connector.sim.service:binance"
+[services.params]
+port = {usdm}
+market = "usdm"
+symbols = ["BTCUSDT"]
+rate = 50
+
+[[feeds]]
+name = "spot"
+adapter = "connector.binance.client:factory"
+[feeds.params]
+market = "spot"
+ws_url = "ws://127.0.0.1:{spot}"
+rest_url = "http://127.0.0.1:{spot}"
+symbols = ["BTCUSDT", "ETHUSDT"]
+silence_timeout_s = 5.0
+
+[[feeds]]
+name = "usdm"
+adapter = "connector.binance.client:factory"
+[feeds.params]
+market = "usdm"
+ws_url = "ws://127.0.0.1:{usdm}"
+rest_url = "http://127.0.0.1:{usdm}"
+symbols = ["BTCUSDT"]
+first_inst = 101
+streams = ["depth@100ms", "aggTrade", "bookTicker", "markPrice@1s"]
+"""
+    )
+    data = tmp_path / "data"
+    run = Run(config, data)
+    runs.append(run)
+    run.wait_ready()
+    for victim in ["ingest:spot", "wal-writer", "ingest:usdm", "book-builder", "ingest:spot"]:
+        target = run.counter("wal-writer", "records_out") + 300
+        wait_until(lambda t=target: run.counter("wal-writer", "records_out") >= t, 60, "progress")  # type: ignore[misc]
+        pid = run.pid_of(victim)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(
+            lambda v=victim, old=pid: any(  # type: ignore[misc]
+                p["name"] == v and p["pid"] not in (0, old) and p["state"] == "ready"
+                for p in run.processes()
+            ),
+            60,
+            f"{victim} to be restarted",
+        )
+    target = run.counter("wal-writer", "records_out") + 300
+    wait_until(lambda: run.counter("wal-writer", "records_out") >= target, 60, "progress after the kills")
+    assert run.stop() == 0, run.output()
+    report = verify(data)
+    assert_nothing_lost(report)
+    assert set(report["sources"]) == {"spot", "usdm"}
+    # Each restarted ingest said so, and its books resynced from a snapshot.
+    records = np.concatenate(list(wal.WalReader(paths.market_wal_dir(data)).records(src=1)))
+    statuses = records[records["kind"] == 10]
+    assert int((statuses["aux"] == 10).sum()) == 2, "two PRODUCER_RESTART records on the spot feed"
+    clears = records[records["kind"] == 1]
+    assert len(clears) >= 2 * 3, "a snapshot per symbol at start and after each restart"
+    assert checkpoint_books(data) == wal_books(data)
