@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 import websockets
 
+from connector.binance.batch import BatchDecoder
 from connector.binance.sync import BookSync, State
 from connector.binance.wire import Decoded, DecodeError, Decoder
 from connector.feed import FeedConfig, ReconnectPolicy
@@ -220,7 +221,12 @@ class BinanceFeed:
         }
         self.weights = RestWeights(config.budget)
         self.counters: dict[str, int] = defaultdict(int)
-        self._out: asyncio.Queue[Records] = asyncio.Queue()
+        self._outbox: list[Records] = []
+        """Record batches ready for records() to yield, in order."""
+        self._inbox: list[tuple[str | bytes, int, _Conn, _Group]] = []
+        """Frames received but not decoded yet: decoded together, in batches."""
+        self._wake = asyncio.Event()
+        self.batch = BatchDecoder(self.decoder)
         self._snap_queue: asyncio.Queue[str] = asyncio.Queue()
         self._seqs: dict[tuple[str, str], _Seq] = defaultdict(_Seq)
         self._bbo_last: dict[str, int] = {}
@@ -261,7 +267,8 @@ class BinanceFeed:
 
     def _emit(self, records: Records) -> None:
         if len(records):
-            self._out.put_nowait(records)
+            self._outbox.append(records)
+            self._wake.set()
 
     def _status(
         self,
@@ -294,14 +301,14 @@ class BinanceFeed:
             while True:
                 if self._fatal is not None:
                     raise self._fatal
-                try:
-                    first = await asyncio.wait_for(self._out.get(), timeout=0.5)
-                except TimeoutError:
-                    continue
-                batch = [first]
-                while not self._out.empty():
-                    batch.append(self._out.get_nowait())
-                yield batch[0] if len(batch) == 1 else np.concatenate(batch)
+                if not self._inbox and not self._outbox:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+                self._wake.clear()
+                self._process_inbox()
+                if self._outbox:
+                    batch, self._outbox = self._outbox, []
+                    yield batch[0] if len(batch) == 1 else np.concatenate(batch)
         finally:
             for task in tasks:
                 task.cancel()
@@ -349,7 +356,8 @@ class BinanceFeed:
                     await asyncio.wait_for(conn.ws.close(), 2.0)
                     return
                 conn.messages += 1
-                self._handle(frame, self.clock(), conn, group)
+                self._inbox.append((frame, self.clock(), conn, group))
+                self._wake.set()
         except websockets.ConnectionClosed as exc:
             conn.closed_reason = f"closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
         except (TimeoutError, OSError) as exc:
@@ -411,6 +419,7 @@ class BinanceFeed:
             conn = fresh
 
     def _lost(self, group: _Group, conn: _Conn) -> None:
+        self._process_inbox()  # what arrived before the loss comes first
         log.warning("%s: connection %d lost: %s", self.config.name, conn.ident, conn.closed_reason)
         self.counters["disconnects"] += 1
         reason = StatusReason.STALE if conn.closed_reason == "silent" else StatusReason.DISCONNECTED
@@ -427,17 +436,34 @@ class BinanceFeed:
         for b in batches:
             self._emit(b)
 
-    def _handle(self, frame: str | bytes, recv_ns: int, conn: _Conn, group: _Group) -> None:
-        try:
-            decoded = self.decoder.decode(frame, recv_ns)
-        except DecodeError as exc:
-            self.counters["decode_errors"] += 1
-            kind = str(exc).split(":")[0]
-            if kind not in self._decode_errors_seen:
-                self._decode_errors_seen.add(kind)
-                log.error("%s: undecodable frame (%s): %r", self.config.name, exc, frame[:200])
-            self._status(StatusReason.DECODE_ERROR, detail=conn.ident)
+    def _process_inbox(self) -> None:
+        """Decode every frame received so far in one batch, then act on each in order."""
+        if not self._inbox:
             return
+        frames, self._inbox = self._inbox, []
+        batch = self.batch.decode([f[0] for f in frames], [f[1] for f in frames])
+        failed = dict(batch.errors)
+        events = iter(batch.events)
+        for i, (frame, recv_ns, conn, group) in enumerate(frames):
+            if i in failed:
+                self._decode_error(failed[i], frame, conn)
+                continue
+            event, symbol, start, end = next(events)
+            self._handle(
+                Decoded(event, symbol, batch.records[start:end]), recv_ns, conn, group, frame
+            )
+
+    def _decode_error(self, exc: DecodeError, frame: str | bytes, conn: _Conn) -> None:
+        self.counters["decode_errors"] += 1
+        kind = str(exc).split(":")[0]
+        if kind not in self._decode_errors_seen:
+            self._decode_errors_seen.add(kind)
+            log.error("%s: undecodable frame (%s): %r", self.config.name, exc, frame[:200])
+        self._status(StatusReason.DECODE_ERROR, detail=conn.ident)
+
+    def _handle(
+        self, decoded: Decoded, recv_ns: int, conn: _Conn, group: _Group, frame: str | bytes
+    ) -> None:
         primary = conn is group.primary
         event = decoded.event
         self.counters[event] += 1
