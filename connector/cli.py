@@ -440,6 +440,36 @@ def bench_pipeline(seconds: float, rate: float, directory: Path | None, as_json:
         )
 
 
+@bench.command("decode")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.5),
+    default=2.0,
+    show_default=True,
+    help="Time per message type.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Frames per decode call.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench_decode(seconds: float, batch: int, as_json: bool) -> None:
+    """Venue decoders vs bare orjson.loads of the same messages (same run)."""
+    from connector.bench import bench_decode as run_bench
+
+    result = run_bench(seconds, batch, progress=_say)
+    if as_json:
+        _print_json(result)
+        return
+    for name, r in result.items():
+        click.echo(
+            f"{name}: {r['msgs_per_s']:,} msgs/s vs orjson.loads {r['baseline_msgs_per_s']:,} = ratio {r['ratio']:.2f}"
+        )
+
+
 @main.group("verify-capture", cls=_Group)
 def verify_capture() -> None:
     """Run recorded venue traffic through the real decoders, book sync and book builder."""

@@ -310,34 +310,31 @@ class BatchDecoder:
     def _fill_depth(self, out: Records, acc: _Depth) -> None:
         values = self._values(acc.a, "depthUpdate")
         start = np.array(acc.start, dtype=np.int64)
-        head = out[start]
-        head["kind"] = Kind.BOOK_UPDATE
-        head["px"] = acc.first
-        head["qty"] = acc.last
-        head["aux"] = acc.prev
-        head["aux2"] = acc.t
-        head["inst"] = acc.inst
-        head["ts_exch"] = acc.e
-        head["ts_recv"] = acc.recv
+        out["kind"][start] = Kind.BOOK_UPDATE
+        out["px"][start] = acc.first
+        out["qty"][start] = acc.last
+        out["aux"][start] = acc.prev
+        out["aux2"][start] = acc.t
+        out["inst"][start] = acc.inst
+        out["ts_exch"][start] = acc.e
+        out["ts_recv"][start] = acc.recv
         counts = np.array(acc.b, dtype=np.int64)
-        out[start] = head
         last = start + counts  # the last record of each message
         n = int(counts.sum())
         if n:
-            # Level j of message k sits at start[k] + 1 + j.
+            # Level j of message k sits at start[k] + 1 + j. Columns are filled
+            # one by one: fancy indexing a structured array copies whole records.
             local = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
             pos = np.repeat(start + 1, counts) + local
             is_bid = local < np.repeat(np.array(acc.n_bid, dtype=np.int64), counts)
-            levels = out[pos]
-            levels["kind"] = Kind.BOOK_LEVEL
-            levels["side"] = np.where(is_bid, Side.BID, Side.ASK)
-            levels["px"] = values[0::2]
-            levels["qty"] = values[1::2]
-            levels["aux2"] = -1
-            levels["inst"] = np.repeat(np.array(acc.inst, dtype=np.uint32), counts)
-            levels["ts_exch"] = np.repeat(np.array(acc.e, dtype=np.int64), counts)
-            levels["ts_recv"] = np.repeat(np.array(acc.recv, dtype=np.int64), counts)
-            out[pos] = levels
+            out["kind"][pos] = Kind.BOOK_LEVEL
+            out["side"][pos] = np.where(is_bid, Side.BID, Side.ASK)
+            out["px"][pos] = values[0::2]
+            out["qty"][pos] = values[1::2]
+            out["aux2"][pos] = -1
+            out["inst"][pos] = np.repeat(np.array(acc.inst, dtype=np.uint32), counts)
+            out["ts_exch"][pos] = np.repeat(np.array(acc.e, dtype=np.int64), counts)
+            out["ts_recv"][pos] = np.repeat(np.array(acc.recv, dtype=np.int64), counts)
         out["flags"][last] = Flag.LAST
 
     def _fill_trades(self, out: Records, acc: _Trades) -> None:

@@ -293,3 +293,22 @@ def test_bench_pipeline_json_contract(tmp_path: Path) -> None:
     assert set(out["cpu"]) >= {"wal-writer", "book-builder", "ingest:synthetic"}
     assert out["paced"]["records_per_s"] > 0
     assert list(tmp_path.iterdir()) == [], "the runs' data dirs are removed"
+
+
+@pytest.mark.integration
+def test_bench_decode_json_contract() -> None:
+    result = subprocess.run(
+        [str(CLI), "bench", "decode", "--json", "--seconds", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    for name in ("binance_depth", "binance_trade"):
+        row = out[name]
+        assert row["msgs_per_s"] > 0 and row["baseline_msgs_per_s"] > 0
+        assert row["ratio"] == pytest.approx(
+            row["msgs_per_s"] / row["baseline_msgs_per_s"], rel=0.01
+        )

@@ -521,7 +521,9 @@ streams = ["depth@100ms", "aggTrade", "bookTicker", "markPrice@1s"]
             f"{victim} to be restarted",
         )
     target = run.counter("wal-writer", "records_out") + 300
-    wait_until(lambda: run.counter("wal-writer", "records_out") >= target, 60, "progress after the kills")
+    wait_until(
+        lambda: run.counter("wal-writer", "records_out") >= target, 60, "progress after the kills"
+    )
     assert run.stop() == 0, run.output()
     report = verify(data)
     assert_nothing_lost(report)

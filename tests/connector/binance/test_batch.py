@@ -40,7 +40,9 @@ def _mutate(frame: bytes, rng: random.Random) -> bytes:
     elif how == 2:
         data[key] = rng.choice([None, True, "x", 1.5, [], 2**64, -5, "1e-5"])
     elif how == 3 and data.get("b") and isinstance(data["b"], list):
-        data["b"][0] = rng.choice([["1.5"], ["1", "2", "3"], "12", ["1.5", 2], ["1.5", "2\x00"], ["+1", "-2"]])
+        data["b"][0] = rng.choice(
+            [["1.5"], ["1", "2", "3"], "12", ["1.5", 2], ["1.5", "2\x00"], ["+1", "-2"]]
+        )
     elif how == 4:
         data["s"] = "NOPE"
     else:
@@ -48,10 +50,14 @@ def _mutate(frame: bytes, rng: random.Random) -> bytes:
     return json.dumps(msg).encode()
 
 
-@pytest.mark.parametrize(("name", "market"), [("BINANCE.ws.1.0", "spot"), ("BINANCE_FUTURES.ws.1.0", "usdm")])
+@pytest.mark.parametrize(
+    ("name", "market"), [("BINANCE.ws.1.0", "spot"), ("BINANCE_FUTURES.ws.1.0", "usdm")]
+)
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32), size=st.integers(1, 80), damaged=st.floats(0, 0.3))
-def test_batch_equals_frame_by_frame(name: str, market: str, seed: int, size: int, damaged: float) -> None:
+def test_batch_equals_frame_by_frame(
+    name: str, market: str, seed: int, size: int, damaged: float
+) -> None:
     frames = _frames(name)
     rng = random.Random(seed)
     picked = [rng.choice(frames) for _ in range(size)]
