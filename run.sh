@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ./run.sh         set up .venv (first time) and run the pipeline (Ctrl-C stops it cleanly)
 # ./run.sh test    run the test suite (everything but the bench and live markers)
-# ./run.sh bench   run every benchmark (ring, wal) and the long soak tests
+# ./run.sh bench   run every benchmark (ring, wal, pipeline, decode, binance, instruments) and the soak tests
 # ./run.sh <args>  anything else is passed to connector-pipeline, e.g. ./run.sh replay --help
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,6 +37,9 @@ case "$cmd" in
         "$VENV/bin/connector-pipeline" bench ring --json
         "$VENV/bin/connector-pipeline" bench wal --json
         "$VENV/bin/connector-pipeline" bench pipeline --json
+        "$VENV/bin/connector-pipeline" bench decode --json
+        "$VENV/bin/connector-pipeline" bench binance --json
+        "$VENV/bin/connector-pipeline" bench instruments --json
         exec "$VENV/bin/python" -m pytest -m bench "$@"
         ;;
     main)

@@ -465,9 +465,73 @@ def bench_decode(seconds: float, batch: int, as_json: bool) -> None:
         _print_json(result)
         return
     for name, r in result.items():
+        if "packets_per_s" in r:
+            click.echo(
+                f"{name}: {r['packets_per_s']:,} packets/s vs the official client's struct loop "
+                f"{r['baseline_packets_per_s']:,} = ratio {r['ratio']:.2f}"
+            )
+            continue
         click.echo(
             f"{name}: {r['msgs_per_s']:,} msgs/s vs orjson.loads {r['baseline_msgs_per_s']:,} = ratio {r['ratio']:.2f}"
         )
+
+
+@bench.command("binance")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=1.0),
+    default=5.0,
+    show_default=True,
+    help="Measured time of each side.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the pipeline's temporary data dir goes (default: the system temp dir).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench_binance(seconds: float, directory: Path | None, as_json: bool) -> None:
+    """Binance simulator at full speed -> pipeline -> WAL, beside a plain
+    websockets client that only receives and orjson.loads (same run)."""
+    from connector.bench import bench_binance as run_bench
+
+    r = run_bench(seconds, directory, progress=_say)
+    if as_json:
+        _print_json(r)
+        return
+    click.echo(
+        f"binance: {r['msgs_per_s']:,} msgs/s through the pipeline vs plain client "
+        f"{r['baseline_msgs_per_s']:,} = ratio {r['ratio']:.2f}; drops {r['drops']}"
+    )
+
+
+@bench.command("instruments")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Data directory to write the benchmark universe into (default: a temporary one).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench_instruments(directory: Path | None, as_json: bool) -> None:
+    """Instrument store: WAL -> ready indexes for a ~91K-row universe, beside a plain read of the same bytes."""
+    import tempfile
+
+    from connector.instruments.bench import bench_instruments as run_bench
+
+    with tempfile.TemporaryDirectory() as tmp:
+        r = run_bench(directory or Path(tmp))
+    if as_json:
+        _print_json(r)
+        return
+    click.echo(
+        f"{r['instruments']:,} instruments: recover {r['recover_s']} s vs read {r['baseline_s']} s "
+        f"({r['ratio']}x); token lookup {r['lookup_token_ns']} ns (bare dict.get "
+        f"{r['lookup_baseline_dict_get_ns']} ns, batch {r['lookup_token_batch_ns']} ns)"
+    )
 
 
 @main.group("verify-capture", cls=_Group)
@@ -1069,6 +1133,21 @@ def _show_book(table: Any, inst: int, symbol: str, depth: int, as_json: bool) ->
         )
     _console().print(t)
 
+
+def _register_venue_commands() -> None:
+    """Commands that live beside their venue's code (imported here, once)."""
+    from connector.instruments.cli import instruments
+    from connector.sim.kite_cli import kite
+    from connector.zerodha.decode_cli import decode
+    from connector.zerodha.login_cli import login
+
+    main.add_command(instruments, "instruments")
+    main.add_command(decode, "decode")
+    main.add_command(login, "login")
+    simulate.add_command(kite, "kite")
+
+
+_register_venue_commands()
 
 if __name__ == "__main__":
     main()

@@ -86,7 +86,17 @@ class Run:
         return all(s.state == State.SYNCED for s in self.feed.syncs.values())
 
     async def converge(self, timeout_s: float = 30.0) -> None:
-        """Pause the venue, wait until every book caught up, compare with the truth, resume."""
+        """Pause the venue, wait until every book caught up, compare with the truth, resume.
+
+        Clean traffic first: a fault on the last event before a pause (a drop, a held
+        reorder) only shows when the next event arrives, so every symbol must move on.
+        """
+        start = {s: self.sim.last_update_id(s) for s in SYMBOLS}
+        await until(
+            lambda: all(self.sim.last_update_id(s) > start[s] + 2 for s in SYMBOLS),
+            timeout_s,
+            "clean venue traffic",
+        )
         await until(self.synced, timeout_s, "every book synced")
         self.sim.pause()
         try:
@@ -239,5 +249,58 @@ def test_rotation_before_the_venue_limit_loses_and_repeats_nothing() -> None:
                 assert len(trades) > 10 and np.all(np.diff(trades) == 1), (
                     f"{symbol}: trade ids contiguous"
                 )
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("market", ["spot", "usdm"])
+def test_all_faults_at_once_then_the_books_recover(market: str) -> None:
+    async def scenario() -> None:
+        async with BinanceSimulator(
+            market=market, symbols=SYMBOLS, rate=40, seed=7, depth_levels=30
+        ) as sim:
+            run = Run(sim, market, silence_timeout_s=1.0)
+            faults = sim.faults
+            try:
+                await run.converge()
+                # Stream faults together on a healthy connection: each one is seen.
+                faults.drop = faults.duplicate = faults.reorder = 0.05
+                faults.malformed = 0.02
+                await until(
+                    lambda: all(
+                        sim.injected.get(k, 0) >= 2
+                        for k in ("drop", "duplicate", "reorder", "malformed")
+                    ),
+                    60,
+                    "stream faults injected",
+                )
+                faults.drop = faults.duplicate = faults.reorder = faults.malformed = 0.0
+                await run.converge(timeout_s=60)
+                assert len(run.statuses(StatusReason.GAP)) >= 2, "drops and reorders were declared"
+                assert run.feed.counters["decode_errors"] >= 1
+                # Then everything at once, connection faults and REST errors included.
+                faults.drop = faults.duplicate = faults.reorder = 0.03
+                faults.malformed = faults.disconnect = 0.01
+                faults.rest_error = 0.2
+                faults.stall = 0.005
+                faults.stall_seconds = 1.5
+                connections = run.feed.counters["connections"]
+                await until(
+                    lambda: run.feed.counters["connections"] > connections, 60, "a connection fault"
+                )
+                for name in (
+                    "drop",
+                    "duplicate",
+                    "reorder",
+                    "malformed",
+                    "disconnect",
+                    "rest_error",
+                    "stall",
+                ):
+                    setattr(faults, name, 0.0)
+                await until(lambda: not sim.stalled, 20, "any stall to end")
+                await run.converge(timeout_s=60)
+            finally:
+                await run.stop()
 
     asyncio.run(scenario())
