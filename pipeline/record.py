@@ -78,6 +78,7 @@ Copy records through a ``V64`` view (:data:`V64`): numpy copies an opaque
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum, IntFlag
 from typing import Final
 
@@ -184,6 +185,21 @@ class OhlcField(IntEnum):
 def empty(n: int) -> Records:
     """A zeroed array of ``n`` records."""
     return np.zeros(n, dtype=RECORD_DTYPE)
+
+
+def concat(parts: Sequence[Records]) -> Records:
+    """One array of many record arrays.
+
+    Through the opaque 64-byte view: ``np.concatenate`` of structured arrays
+    promotes their dtypes field by field, ~20 us per part (measured: it was
+    the Binance feed's biggest cost, called once per small batch).
+    """
+    if not parts:
+        return empty(0)
+    if len(parts) == 1:
+        return parts[0]
+    out: Records = np.concatenate([p.view(V64) for p in parts]).view(RECORD_DTYPE)
+    return out
 
 
 def as_words(records: Records) -> npt.NDArray[np.uint64]:

@@ -22,8 +22,6 @@ import enum
 from dataclasses import dataclass, field
 from typing import Final
 
-import numpy as np
-
 from pipeline import record as rec
 from pipeline.record import Flag, Kind, Records, StatusReason
 
@@ -47,7 +45,7 @@ class Decision:
     """A gap was detected by this event."""
 
     def records(self) -> Records:
-        return np.concatenate(self.publish) if self.publish else rec.empty(0)
+        return rec.concat(self.publish)
 
 
 @dataclass
