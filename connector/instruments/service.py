@@ -11,6 +11,12 @@ servers and does not depend on the Kite login code: ``fetch_kite_csv() ->
 bytes`` and ``fetch_binance_exchange_info(market) -> bytes``.
 :func:`http_kite_csv_fetcher` and :func:`http_exchange_info_fetcher` build them
 over httpx.
+
+Under the supervisor, :func:`service` (``[[services]] target =
+"connector.instruments.service:service"``) runs it: recover, refresh from
+the Kite API (with the Zerodha session of the moment) and Binance
+exchangeInfo, log the change report, then report ready, so the feeds started
+after it resolve their subscriptions against a fresh store.
 """
 
 from __future__ import annotations
@@ -29,10 +35,10 @@ import httpx
 from connector.instruments import store
 from connector.instruments.binance_info import MARKETS, parse_exchange_info
 from connector.instruments.kite_csv import parse_kite_csv
-from connector.instruments.model import InstrumentTable, Venue
+from connector.instruments.model import InstrumentError, InstrumentTable, Venue
 from connector.instruments.universe import IST, Universe
 from pipeline import paths
-from pipeline.errors import PipelineError, RetryableError
+from pipeline.errors import ConfigError, PipelineError, RetryableError
 
 log = logging.getLogger("connector.instruments")
 
@@ -44,6 +50,11 @@ DEFAULT_REFRESH_AT: Final = dt.time(8, 0)
 
 class InstrumentFetchError(RetryableError):
     """A source could not be fetched (network, HTTP status): the refresh is retried later."""
+
+
+class SourceUnavailable(InstrumentError):
+    """A source cannot be asked now (no Kite session): the refresh goes on without it and
+    the stored instruments of that venue are served (the message says why)."""
 
 
 def next_refresh(now: dt.datetime, refresh_at: dt.time) -> dt.datetime:
@@ -137,6 +148,10 @@ class InstrumentService:
         self.next_refresh_at: dt.datetime | None = None
         self.warnings: tuple[str, ...] = ()
         self.refreshes = 0
+        self.kite_unavailable = ""
+        """Why the last refresh went without Kite (no session), or ""."""
+        self.first_attempt = threading.Event()
+        """Set once the background thread tried its first refresh (or decided not to)."""
 
     # -- state ---------------------------------------------------------------
 
@@ -159,9 +174,11 @@ class InstrumentService:
         """What is served, where it came from, and what happens next."""
         u = self._universe
         kite_note = (
-            "Kite refresh configured"
-            if self._fetch_kite is not None
-            else "no Kite credentials: serving the Kite instruments the WAL holds"
+            "no Kite credentials: serving the Kite instruments the WAL holds"
+            if self._fetch_kite is None
+            else f"{self.kite_unavailable}: serving the Kite instruments the WAL holds"
+            if self.kite_unavailable
+            else "Kite refresh configured"
         )
         return {
             "instruments": 0 if u is None else len(u),
@@ -185,7 +202,12 @@ class InstrumentService:
         """Fetch and parse every configured source (raises on the first failure)."""
         updates: dict[Venue, InstrumentTable] = {}
         if self._fetch_kite is not None:
-            updates[Venue.KITE] = parse_kite_csv(self._fetch_kite())
+            try:
+                updates[Venue.KITE] = parse_kite_csv(self._fetch_kite())
+                self.kite_unavailable = ""
+            except SourceUnavailable as exc:
+                self.kite_unavailable = str(exc)
+                log.warning("instruments: %s; serving the Kite instruments the WAL holds", exc)
         if self._fetch_binance is not None:
             for market in self.config.binance_markets:
                 updates[MARKETS[market]] = parse_exchange_info(self._fetch_binance(market), market)
@@ -215,6 +237,14 @@ class InstrumentService:
         self.load()
         if self._universe is None:
             log.warning("instruments: the WAL in %s holds no snapshot yet", self.data_dir)
+        else:
+            snapshot = self._universe.snapshot
+            log.info(
+                "instruments: recovered v%d (%d instruments, next id %d) from the WAL",
+                0 if snapshot is None else snapshot.version,
+                len(self._universe),
+                0 if snapshot is None else snapshot.next_inst,
+            )
         if self._fetch_kite is None:
             log.warning(
                 "instruments: no Kite credentials; serving the Kite instruments the WAL holds"
@@ -238,6 +268,12 @@ class InstrumentService:
         self.stop()
 
     def _run(self, refresh_now: bool) -> None:
+        try:
+            self._loop(refresh_now)
+        finally:
+            self.first_attempt.set()
+
+    def _loop(self, refresh_now: bool) -> None:
         while not self._stop.is_set():
             if refresh_now:
                 try:
@@ -253,11 +289,133 @@ class InstrumentService:
                         self._clock_ns() / 1e9, dt.UTC
                     ) + dt.timedelta(seconds=self.config.retry_after_s)
                     self.next_refresh_at = retry.astimezone(IST)
+                    self.first_attempt.set()
                     if self._stop.wait(self.config.retry_after_s):
                         return
                     continue
             now = dt.datetime.fromtimestamp(self._clock_ns() / 1e9, dt.UTC)
             self.next_refresh_at = next_refresh(now, self.config.refresh_at)
+            self.first_attempt.set()
             if self._stop.wait((self.next_refresh_at - now).total_seconds()):
                 return
             refresh_now = True
+
+
+# ---------------------------------------------------------------------------
+# as a pipeline service: [[services]] target = "connector.instruments.service:service"
+
+EXCHANGE_INFO_PATHS: Final = {"spot": "/api/v3/exchangeInfo", "usdm": "/fapi/v1/exchangeInfo"}
+
+_SERVICE_PARAMS: Final[dict[str, type | tuple[type, ...]]] = {
+    "refresh_at": str,
+    "api_url": str,
+    "login_url": str,
+    "binance": dict,
+    "retry_after_s": (int, float),
+    "timeout_s": (int, float),
+}
+
+
+def parse_refresh_at(text: str) -> dt.time:
+    """``"HH:MM"`` (Asia/Kolkata wall time)."""
+    try:
+        hour, minute = (int(x) for x in text.split(":"))
+        return dt.time(hour, minute)
+    except ValueError:
+        raise ConfigError(
+            f'services.params.refresh_at must be "HH:MM" (IST), got {text!r}'
+        ) from None
+
+
+def exchange_info_urls(binance: Mapping[str, Any]) -> dict[str, str]:
+    """market -> exchangeInfo URL from market -> REST base (or a full ``.../exchangeInfo`` URL)."""
+    urls = {}
+    for market, base in binance.items():
+        if market not in EXCHANGE_INFO_PATHS:
+            raise ConfigError(
+                f"services.params.binance: unknown market {market!r} "
+                f"(known: {', '.join(EXCHANGE_INFO_PATHS)})"
+            )
+        if not isinstance(base, str):
+            raise ConfigError(f"services.params.binance.{market} must be a URL string")
+        base = base.rstrip("/")
+        urls[market] = (
+            base if base.endswith("/exchangeInfo") else base + EXCHANGE_INFO_PATHS[market]
+        )
+    return urls
+
+
+def kite_session_header(data_dir: Path, api_url: str, login_url: str) -> Callable[[], str | None]:
+    """The ``Authorization`` header for each Kite download, looked up at each refresh (the
+    access token dies at 06:00 IST): ``ZERODHA_*`` credentials (cached session or a fresh
+    login), else the session cache (``connector-pipeline login zerodha``, or a simulator
+    with ``session_cache = true``). Neither: :class:`SourceUnavailable`."""
+    from connector.zerodha.client import blocking_session, env_credentials
+
+    def header() -> str | None:
+        credentials = env_credentials()
+        session = blocking_session(
+            data_dir, api_url=api_url, login_url=login_url, credentials=credentials
+        )
+        if session is None:
+            raise SourceUnavailable(
+                "no Zerodha session (no ZERODHA_* credentials and no valid cached session)"
+            )
+        return session.authorization
+
+    return header
+
+
+def service(params: Mapping[str, Any], context: Any) -> None:
+    """The instrument service under the supervisor (``connector.instruments.service:service``).
+
+    Recovers the store, refreshes from the Kite API (``api_url``; with the
+    session of :func:`kite_session_header`) and Binance exchangeInfo
+    (``binance = {spot = URL, usdm = URL}``, REST bases), then says it is
+    ready, so feeds started after it find a fresh store; refreshes daily at
+    ``refresh_at`` (``"HH:MM"`` IST, default 08:00); a failed refresh is
+    retried after ``retry_after_s``. Without ``api_url`` or a session it
+    serves the Kite instruments the WAL holds, and logs so.
+    """
+    from pipeline.adapter import check_params
+
+    check_params(params, _SERVICE_PARAMS, "service")
+    data_dir = Path(context.data_dir)
+    timeout_s = float(params.get("timeout_s", 60.0))
+    binance = exchange_info_urls(params.get("binance", {}))
+    fetch_kite: KiteFetch | None = None
+    if "api_url" in params:
+        api_url = str(params["api_url"]).rstrip("/")
+        header = kite_session_header(data_dir, api_url, str(params.get("login_url", api_url)))
+        fetch_kite = http_kite_csv_fetcher(f"{api_url}/instruments", header, timeout_s)
+    svc = InstrumentService(
+        data_dir,
+        fetch_kite_csv=fetch_kite,
+        fetch_binance_exchange_info=http_exchange_info_fetcher(binance, timeout_s)
+        if binance
+        else None,
+        config=ServiceConfig(
+            refresh_at=parse_refresh_at(str(params.get("refresh_at", "08:00"))),
+            binance_markets=tuple(binance),
+            retry_after_s=float(params.get("retry_after_s", 300.0)),
+        ),
+    )
+    svc.start(refresh_on_start=fetch_kite is not None or bool(binance))
+    try:
+        # Ready once the first refresh was tried: feeds started after us read a fresh store.
+        while not svc.first_attempt.wait(0.1):
+            if context.stopping():  # also the heartbeat while a large dump downloads
+                return
+        status = svc.status()
+        log.info(
+            "instruments: serving v%d, %d instruments; %s; next refresh %s",
+            status["version"],
+            status["instruments"],
+            status["kite"],
+            status["next_refresh_at"],
+        )
+        context.ready()
+        while not context.stopping():
+            time.sleep(0.1)
+    finally:
+        svc.stop(timeout_s=5.0)

@@ -8,10 +8,13 @@ it (``Connection: close``), so every REST call is one short TCP connection.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import http
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -76,3 +79,33 @@ def json_response(
     """A JSON response; ``payload`` may be pre-encoded bytes."""
     body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
     return response(status, body, headers=headers)
+
+
+class _Simulator(Protocol):
+    async def __aenter__(self) -> Any: ...
+    async def __aexit__(self, *exc: object) -> Any: ...
+
+
+S = TypeVar("S", bound=_Simulator)
+
+
+async def serve_until_stopped(
+    sim: S, ready: Callable[[S], Awaitable[None] | None] | None = None
+) -> None:
+    """Run a simulator until the task is cancelled (Ctrl-C under asyncio.run) or SIGTERM."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        async with sim:
+            if ready is not None:
+                result = ready(sim)
+                if result is not None:
+                    await result
+            await stop.wait()
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)

@@ -62,7 +62,7 @@ import math
 import random
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
@@ -2355,23 +2355,4 @@ def exchange_info(market: str, specs: Sequence[SymbolSpec], weight_limit: int) -
     }
 
 
-async def serve_until_stopped(
-    sim: BinanceSimulator, ready: Callable[[BinanceSimulator], Awaitable[None] | None] | None = None
-) -> None:
-    """Run ``sim`` until the task is cancelled (Ctrl-C under asyncio.run) or SIGTERM."""
-    import signal
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-    try:
-        async with sim:
-            if ready is not None:
-                result = ready(sim)
-                if result is not None:
-                    await result
-            await stop.wait()
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
+serve_until_stopped = _http.serve_until_stopped  # (re-exported: the CLI imports it from here)

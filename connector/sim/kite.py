@@ -63,7 +63,7 @@ import secrets
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
@@ -84,18 +84,6 @@ from connector.sim import _http
 from pipeline.errors import FatalError
 
 IST: Final = dt.timezone(dt.timedelta(hours=5, minutes=30), "IST")
-SEGMENT_IDS: Final = {
-    "NSE": 1,
-    "NFO": 2,
-    "CDS": 3,
-    "BSE": 4,
-    "BFO": 5,
-    "BCD": 6,
-    "MCX": 7,
-    "MCXSX": 8,
-    "INDICES": 9,
-}
-"""``instrument_token & 0xFF`` per segment (pykiteconnect's EXCHANGE_MAP)."""
 INDICES: Final = 9
 MODES: Final = ("ltp", "quote", "full")
 MAX_TOKENS: Final = 3000
@@ -1731,26 +1719,7 @@ class KiteSimulator:
         return {"ok": True, "action": action}
 
 
-async def serve_until_stopped(
-    sim: KiteSimulator, ready: Callable[[KiteSimulator], Awaitable[None] | None] | None = None
-) -> None:
-    """Run ``sim`` until the task is cancelled (Ctrl-C under asyncio.run) or SIGTERM."""
-    import signal
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-    try:
-        async with sim:
-            if ready is not None:
-                result = ready(sim)
-                if result is not None:
-                    await result
-            await stop.wait()
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
+serve_until_stopped = _http.serve_until_stopped  # (re-exported: the CLI imports it from here)
 
 
 def write_session_cache(sim: KiteSimulator, data_dir: Path) -> Path:

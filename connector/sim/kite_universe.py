@@ -33,20 +33,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
-KITE_CSV_COLUMNS: Final = (
-    "instrument_token",
-    "exchange_token",
-    "tradingsymbol",
-    "name",
-    "last_price",
-    "expiry",
-    "strike",
-    "tick_size",
-    "lot_size",
-    "instrument_type",
-    "segment",
-    "exchange",
-)
+from connector.instruments.kite_csv import COLUMNS
+
+KITE_CSV_COLUMNS: Final = COLUMNS
 
 SEGMENT_IDS: Final = {
     "NSE": 1,

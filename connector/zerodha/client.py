@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
 from collections import defaultdict
@@ -33,13 +34,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-import numpy as np
+import httpx
 import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
 from connector.aio import cancel_all, wait_event, with_timeout
 from connector.feed import FeedConfig, ReconnectPolicy
+from connector.instruments import store
+from connector.instruments.kite_csv import parse_kite_csv
+from connector.instruments.model import InstrumentNotFoundError, Venue
+from connector.instruments.service import InstrumentFetchError, http_kite_csv_fetcher
+from connector.instruments.subscribe import Resolution, SubscriptionSpec, resolve
+from connector.instruments.universe import IST, Universe
 from connector.zerodha.auth import (
     DEFAULT_API_URL,
     DEFAULT_LOGIN_URL,
@@ -53,9 +60,11 @@ from connector.zerodha.auth import (
 )
 from connector.zerodha.errors import KiteAuthError, MissingCredentials
 from connector.zerodha.ticker import KiteFrameError, TickerDecoder, parse_text
+from pipeline import fixedpoint, paths, runinfo
 from pipeline import record as rec
 from pipeline.adapter import AdapterContext, check_params
-from pipeline.errors import ConfigError, FatalError, PipelineError, RetryableError
+from pipeline.book import BookTable
+from pipeline.errors import ConfigError, FatalError, PipelineError, RetryableError, WalLockedError
 from pipeline.record import Records, StatusReason
 
 log = logging.getLogger("connector.zerodha")
@@ -84,6 +93,8 @@ class KiteConfig(FeedConfig):
     silence_timeout_s: float = 5.0
     """No frame (data or heartbeat, ~1/s) for this long: the connection is dead."""
     open_timeout_s: float = 10.0
+    names: Mapping[int, str] = field(default_factory=dict)
+    """inst -> what readers call it (``NFO:NIFTY25DEC24500CE``); the token where absent."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -202,14 +213,47 @@ class LoginAuth:
         return cached
 
     def _cached(self) -> Session | None:
-        """The cache file's session if valid for ``api_url`` now (any user: none is configured)."""
-        path = cache_path(self.data_dir)
-        try:
-            data = orjson.loads(path.read_bytes())
-            owner = Credentials(str(data["user_id"]), "", "", str(data["api_key"]), "")
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return load_session(path, owner, self.api_url, self.now())
+        return cached_session(self.data_dir, self.api_url, self.now())
+
+
+def cached_session(data_dir: Path, api_url: str, now: dt.datetime) -> Session | None:
+    """The cache file's session if valid for ``api_url`` at ``now`` (any user: none is configured)."""
+    path = cache_path(data_dir)
+    try:
+        data = orjson.loads(path.read_bytes())
+        owner = Credentials(str(data["user_id"]), "", "", str(data["api_key"]), "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return load_session(path, owner, api_url, now)
+
+
+def blocking_session(
+    data_dir: Path,
+    *,
+    api_url: str = DEFAULT_API_URL,
+    login_url: str = DEFAULT_LOGIN_URL,
+    credentials: Credentials | None = None,
+    now: Clock = utc_now,
+) -> Session | None:
+    """A session for calls outside the feed's event loop (the instruments download):
+    with ``credentials`` the cached one or a fresh login; without, the cached one
+    or None. Runs its own event loop: do not call it from inside one."""
+    if credentials is None:
+        return cached_session(data_dir, api_url, now())
+    result = asyncio.run(
+        ensure_session(
+            credentials, data_dir, login_url=login_url, api_url=api_url, now=now, verify=False
+        )
+    )
+    return result.session
+
+
+def env_credentials() -> Credentials | None:
+    """``ZERODHA_*`` credentials from the environment, or None when they are not all set."""
+    try:
+        return Credentials.from_env()
+    except MissingCredentials:
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -262,8 +306,10 @@ class KiteFeed:
         self._running = False
 
     def instruments(self) -> dict[int, str]:
-        """inst -> instrument token (as text)."""
-        return {inst: str(token) for token, inst in self.config.token_map.items()}
+        """inst -> ``EXCHANGE:SYMBOL`` when resolved through the instrument store, else the
+        instrument token (as text)."""
+        names = self.config.names
+        return {inst: names.get(inst, str(token)) for token, inst in self.config.token_map.items()}
 
     # -- subscriptions while running ---------------------------------------------
 
@@ -348,7 +394,7 @@ class KiteFeed:
                 self._wake.clear()
                 if self._outbox:
                     batch, self._outbox = self._outbox, []
-                    yield batch[0] if len(batch) == 1 else np.concatenate(batch)
+                    yield rec.concat(batch)
         finally:
             await cancel_all(self._tasks, self.config.name)
             for conn in self.conns:
@@ -476,6 +522,11 @@ class KiteFeed:
                     self._binary(message, recv_ns, conn)
                 else:
                     self._text(message, conn)
+        except asyncio.CancelledError:
+            # The feed is stopping (records() closed): drop the socket now; clearing
+            # conn.ws below would otherwise leave it open for good.
+            ws.transport.abort()
+            raise
         except websockets.ConnectionClosed as exc:
             conn.closed_reason = f"closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
         except OSError as exc:
@@ -526,6 +577,8 @@ _PARAMS: dict[str, type | tuple[type, ...]] = {
     "tokens": list,
     "token_map": dict,
     "first_inst": int,
+    "subscribe": list,
+    "max_inst": int,
     "mode": str,
     "modes": dict,
     "tokens_per_connection": int,
@@ -535,41 +588,240 @@ _PARAMS: dict[str, type | tuple[type, ...]] = {
     "reconnect_max_ms": (int, float),
     "silence_timeout_s": (int, float),
 }
+_NOT_FEED_CONFIG: Final = ("api_url", "login_url", "subscribe", "max_inst")
 
 
-def config_from_params(name: str, params: Mapping[str, Any]) -> KiteConfig:
-    """A KiteConfig from a feed's ``params`` table (errors name the key)."""
+def subscription_specs(name: str, params: Mapping[str, Any]) -> list[SubscriptionSpec]:
+    """The feed's ``subscribe`` entries, checked (empty when it has none)."""
+    raw = params.get("subscribe", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"feeds.{name}.params.subscribe must be a list of tables")
+    specs = [
+        SubscriptionSpec.from_params(item, f"feeds.{name}.params.subscribe[{i}]")
+        for i, item in enumerate(raw)
+    ]
+    if "subscribe" in params:
+        if not specs:
+            raise ConfigError(f"feeds.{name}.params.subscribe is empty")
+        for key in ("first_inst", "token_map"):
+            if key in params:
+                raise ConfigError(
+                    f"feeds.{name}.params.{key} cannot go with subscribe: instrument ids come "
+                    "from the instrument store"
+                )
+    return specs
+
+
+def config_from_params(
+    name: str, params: Mapping[str, Any], resolution: Resolution | None = None
+) -> KiteConfig:
+    """A KiteConfig from a feed's ``params`` table (errors name the key).
+
+    With ``subscribe`` the tokens, their ids and modes come from ``resolution``
+    (:func:`resolve_subscriptions`); plain ``tokens`` are numbered from ``first_inst``.
+    """
     check_params(params, _PARAMS, name)
-    p = dict(params)
-    for key in ("api_url", "login_url"):
-        p.pop(key, None)
+    specs = subscription_specs(name, params)
+    p = {k: v for k, v in params.items() if k not in _NOT_FEED_CONFIG}
     tokens = p.pop("tokens", [])
-    symbol_map = {str(k): int(v) for k, v in p.pop("token_map", {}).items()}
-    first = p.pop("first_inst", 1)
-    for i, token in enumerate(tokens):
+    for token in tokens:
         if not isinstance(token, int) or isinstance(token, bool):
             raise ConfigError(f"feeds.{name}.params.tokens must be integers")
-        symbol_map.setdefault(str(token), first + i)
+    symbol_map = {str(k): int(v) for k, v in p.pop("token_map", {}).items()}
+    first = p.pop("first_inst", 1)
     modes = p.pop("modes", {})
     try:
         p["modes"] = {int(k): str(v) for k, v in modes.items()}
     except ValueError:
         raise ConfigError(f"feeds.{name}.params.modes keys must be instrument tokens") from None
+    if specs:
+        if resolution is None:
+            raise ConfigError(
+                f"feeds.{name}: subscribe needs the instrument store (resolve_subscriptions)"
+            )
+        symbol_map = {str(t): i for t, i in resolution.token_inst.items()}
+        p["modes"] = {**resolution.modes, **p["modes"]}
+        p["names"] = dict(resolution.names)
+        max_inst = params.get("max_inst")
+        if max_inst is not None:
+            check_inst_limit(name, resolution, max_inst)
+    else:
+        for i, token in enumerate(tokens):
+            symbol_map.setdefault(str(token), first + i)
     return KiteConfig(name=name, symbol_map=symbol_map, **p)
+
+
+def check_inst_limit(name: str, resolution: Resolution, limit: int) -> None:
+    """Every resolved id must have a book-table slot (ids < ``limit``)."""
+    beyond = {i: n for i, n in resolution.names.items() if i >= limit}
+    if beyond:
+        worst = max(beyond)
+        raise ConfigError(
+            f"feeds.{name}: the instrument store gives {beyond[worst]} id {worst}, but the book "
+            f"table has {limit} slots (ids 0..{limit - 1}); raise [book] max_instruments above "
+            f"the store's next id (`connector-pipeline instruments stats` shows next_inst)"
+        )
+
+
+def load_universe(
+    data_dir: Path,
+    *,
+    api_url: str,
+    login_url: str,
+    credentials: Credentials | None,
+    now_ns: int,
+) -> Universe:
+    """The instrument store's universe; when the store holds no Kite instruments yet,
+    download the dump with the feed's session and store it (dense ids from then on)."""
+    recovered = store.recover(paths.instruments_wal_dir(data_dir))
+    snapshot = recovered.snapshot
+    if snapshot is not None and "kite" in snapshot.meta:
+        return Universe.from_snapshot(snapshot)
+    session = blocking_session(
+        data_dir, api_url=api_url, login_url=login_url, credentials=credentials
+    )
+    if session is None:
+        raise KiteAuthError(
+            f"the instrument store in {data_dir} holds no Kite instruments, and there is no "
+            "Zerodha session to download them: set ZERODHA_*, run `connector-pipeline login "
+            "zerodha`, or run the instruments service first"
+        )
+    log.warning(
+        "the instrument store holds no Kite instruments: downloading %s/instruments", api_url
+    )
+    fetch = http_kite_csv_fetcher(
+        f"{api_url.rstrip('/')}/instruments", lambda: session.authorization
+    )
+    table = parse_kite_csv(fetch())
+    as_of = dt.datetime.fromtimestamp(now_ns / 1e9, dt.UTC).astimezone(IST).date()
+    try:
+        result = store.refresh(data_dir, {Venue.KITE: table}, as_of=as_of, now_ns=now_ns)
+    except WalLockedError as exc:  # the instruments service is writing: its snapshot will do
+        raise RetryableError(f"the instrument store is being written: {exc}") from None
+    log.info("%s", result.report.summary())
+    return Universe.from_snapshot(result.snapshot)
+
+
+def book_slots(data_dir: Path) -> int | None:
+    """Slots of the running pipeline's book table (None outside a pipeline run)."""
+    try:
+        info = runinfo.read(data_dir)
+        if info is None:
+            return None
+        table = BookTable.attach(info.books)
+    except (PipelineError, OSError, ValueError):
+        return None
+    try:
+        return table.slots
+    finally:
+        table.close()
+
+
+def quote_ltp(
+    api_url: str, session: Session, keys: Iterable[str], timeout_s: float = 5.0
+) -> dict[int, int]:
+    """Kite ``GET /quote/ltp?i=NSE:NIFTY 50&i=...``: instrument token -> last price (fixed point)."""
+    with httpx.Client(timeout=timeout_s, follow_redirects=False) as client:
+        resp = client.get(
+            f"{api_url.rstrip('/')}/quote/ltp",
+            params=[("i", k) for k in keys],
+            headers=session.headers(),
+        )
+    if resp.status_code != 200:
+        raise InstrumentFetchError(f"GET {api_url}/quote/ltp: HTTP {resp.status_code}")
+    data = orjson.loads(resp.content)["data"]
+    return {
+        int(v["instrument_token"]): fixedpoint.parse(str(v["last_price"])) for v in data.values()
+    }
+
+
+def spot_quotes(
+    name: str,
+    params: Mapping[str, Any],
+    universe: Universe,
+    session: Session | None,
+    api_url: str,
+) -> dict[int, int]:
+    """Live last prices of the spots whose option chains are asked for ({} when there
+    is no session or the API does not answer: the dump's last prices are used then)."""
+    keys = []
+    for spec in subscription_specs(name, params):
+        if spec.chain_range is not None:
+            with contextlib.suppress(InstrumentNotFoundError):
+                keys.append(universe.spot(spec.underlying).exchange_symbol)
+    if not keys or session is None:
+        return {}
+    try:
+        return quote_ltp(api_url, session, keys)
+    except (httpx.HTTPError, PipelineError, ValueError, KeyError, TypeError) as exc:
+        log.info(
+            "%s: no live quote for the ATM strikes (%s): using the instruments dump's prices",
+            name,
+            str(exc) or type(exc).__name__,
+        )
+        return {}
+
+
+def resolve_subscriptions(
+    name: str,
+    params: Mapping[str, Any],
+    universe: Universe,
+    as_of: dt.date,
+    prices: Mapping[int, int] | None = None,
+) -> Resolution:
+    """The feed's ``subscribe`` (and plain ``tokens``) resolved against ``universe``."""
+    specs = subscription_specs(name, params)
+    tokens = [int(t) for t in params.get("tokens", [])]
+    try:
+        return resolve(universe, specs, as_of, prices, tokens)
+    except ConfigError as exc:
+        raise ConfigError(f"feeds.{name}: {exc}") from None
 
 
 def factory(params: Mapping[str, Any], context: AdapterContext) -> KiteFeed:
     """The adapter entry point: ``connector.zerodha.client:factory``. Credentials
-    from the ``ZERODHA_*`` environment when set, else the cached session only."""
-    config = config_from_params(context.feed, params)
-    try:
-        credentials: Credentials | None = Credentials.from_env()
-    except MissingCredentials:
-        credentials = None
-    auth = LoginAuth(
-        context.data_dir,
-        credentials,
-        login_url=str(params.get("login_url", DEFAULT_LOGIN_URL)),
-        api_url=str(params.get("api_url", DEFAULT_API_URL)),
-    )
+    from the ``ZERODHA_*`` environment when set, else the cached session only.
+
+    With ``subscribe`` the feed resolves its instruments through the instrument
+    store in the data dir (downloading the dump itself if the store is empty);
+    the chain's ATM uses the spot's live ``/quote/ltp`` when the API answers,
+    else the instruments dump's last prices.
+    """
+    credentials = env_credentials()
+    api_url = str(params.get("api_url", DEFAULT_API_URL))
+    login_url = str(params.get("login_url", DEFAULT_LOGIN_URL))
+    resolution = None
+    if "subscribe" in params:
+        check_params(params, _PARAMS, context.feed)
+        subscription_specs(context.feed, params)  # config errors before any I/O
+        now_ns = time.time_ns()
+        universe = load_universe(
+            context.data_dir,
+            api_url=api_url,
+            login_url=login_url,
+            credentials=credentials,
+            now_ns=now_ns,
+        )
+        as_of = dt.datetime.fromtimestamp(now_ns / 1e9, dt.UTC).astimezone(IST).date()
+        session = blocking_session(
+            context.data_dir, api_url=api_url, login_url=login_url, credentials=credentials
+        )
+        prices = spot_quotes(context.feed, params, universe, session, api_url)
+        resolution = resolve_subscriptions(context.feed, params, universe, as_of, prices)
+        limit = params.get("max_inst") or book_slots(context.data_dir)
+        if limit is not None:
+            check_inst_limit(context.feed, resolution, int(limit))
+        version = 0 if universe.snapshot is None else universe.snapshot.version
+        for r in resolution.underlyings:
+            log.info("%s: %s", context.feed, r.summary())
+        log.info(
+            "%s: %d tokens from instruments v%d, ids %d..%d",
+            context.feed,
+            len(resolution.token_inst),
+            version,
+            min(resolution.token_inst.values()),
+            max(resolution.token_inst.values()),
+        )
+    config = config_from_params(context.feed, params, resolution)
+    auth = LoginAuth(context.data_dir, credentials, login_url=login_url, api_url=api_url)
     return KiteFeed(config, auth)
