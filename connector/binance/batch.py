@@ -15,14 +15,13 @@ Depth messages (bytes) take a faster road still: their price levels never
 become Python objects. The header (everything before ``"b"``) is parsed by
 ``orjson``; the level arrays are checked with a C-speed byte operation (the
 skeleton left after deleting the digits must be exactly ``[".","."]``
-repeated), then every level value of the batch is read by one
-``orjson.loads`` of a flat JSON array of numbers. A decimal with at most 7
-integer digits and 8 decimals round-trips exactly through a correctly rounded
-float64 and ``rint(x * 1e8)`` (the error stays below 0.25 of a unit under
-2**50 units); the few values outside that (the integer and decimal digit
-counts are checked for all of them in one numpy pass) are redone by the exact
-parser. Anything else - odd spacing, other key orders, text frames - takes
-the path above.
+repeated), so the level bytes of a batch joined by commas hold only digits,
+one point per value, and commas. One numpy pass finds each value's integer
+and decimal digit counts; with the points removed numpy's C integer reader
+parses them all, and each is scaled by ``10**(8 - decimals)``. Values with
+more than 8 decimals or 10 integer digits (or none) send the batch's levels
+to the exact parser. Anything else - odd spacing, other key orders, text
+frames - takes the path above.
 """
 
 from __future__ import annotations
@@ -47,8 +46,9 @@ _MID = b'],"a":['
 _LEVEL = b'[".","."]'
 _SKELETONS: dict[tuple[int, int], bytes] = {}
 """(position of ``_MID``, length) of a digit-free level body -> the only valid body."""
-_FLOAT_DIGITS = 7
-"""Integer digits a value may have to be read through a float: 7 + 8 decimals < 2**50 units."""
+_INT_DIGITS = 10
+"""Integer digits a value may have on the fast road: 10 + 8 decimals fit int64 at scale 1e8."""
+_POW10 = np.array([10**e for e in range(9)], dtype=np.int64)
 _COMMA, _POINT = 44, 46
 _MAX_MS = _I64 // MS
 _LIST = {list}
@@ -420,32 +420,30 @@ class BatchDecoder:
         points = np.flatnonzero(chars == _POINT)  # the skeleton left exactly one per value
         if len(points) != len(ends) or len(ends) != count:
             raise DecodeError("depthUpdate: level count mismatch on the raw-bytes road")
-        try:
-            floats = np.array(orjson.loads(b"[" + text + b"]"), dtype=np.float64)
-        except (orjson.JSONDecodeError, TypeError, ValueError):
-            # e.g. a leading zero ("01.5"): not JSON. Rare: the caller redoes
-            # the batch message by message, and the exact parser decides.
-            raise DecodeError("depthUpdate: levels outside the raw-bytes road") from None
-        with np.errstate(invalid="ignore", over="ignore"):  # the inexact ones are redone below
-            values = np.rint(floats * fp.SCALE).astype(np.int64)
         starts = np.empty_like(ends)
         starts[0] = 0
         starts[1:] = ends[:-1] + 1
         decimals, digits = ends - points - 1, points - starts
-        inexact = np.flatnonzero(
-            (decimals < 1) | (decimals > fp.DECIMALS) | (digits < 1) | (digits > _FLOAT_DIGITS)
-        )
-        if len(inexact):
-            # Too long for a float (or not plain): the exact parser, value by value.
-            words = [
-                text[a:b]
-                for a, b in zip(starts[inexact].tolist(), ends[inexact].tolist(), strict=True)
-            ]
+        if (
+            decimals.min() < 1
+            or decimals.max() > fp.DECIMALS
+            or digits.min() < 1
+            or digits.max() > _INT_DIGITS
+        ):
+            # Not plain or too long for int64 at scale 1e8 (rare): the exact
+            # parser, value by value; its error names the bad value.
+            words = [text[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
             try:
-                values[inexact] = fp.parse_many(words)
+                return fp.parse_many(words)
             except ValueError as exc:
                 raise DecodeError(f"depthUpdate: {exc}") from None
-        return values
+        # Digits only now (the points dropped): numpy's C integer reader, then
+        # each value scaled by 10**(8 - its decimals). At most 10 + 8 digits: no overflow.
+        ints = np.fromstring(text.replace(b".", b""), dtype=np.int64, sep=",")
+        if len(ints) != count:
+            raise DecodeError("depthUpdate: level count mismatch on the raw-bytes road")
+        scaled: npt.NDArray[np.int64] = ints * _POW10[fp.DECIMALS - decimals]
+        return scaled
 
     def _fill_depth(self, out: Records, acc: _Depth) -> None:
         counts = np.array(acc.b, dtype=np.int64)
