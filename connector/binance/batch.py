@@ -26,6 +26,7 @@ frames - takes the path above.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -44,6 +45,14 @@ _I64 = 1 << 63
 _DIGITS = b"0123456789"
 _MID = b'],"a":['
 _LEVEL = b'[".","."]'
+_DEPTH_HEAD = re.compile(
+    rb'(\{"stream":"[ !#-\[\]-~]*","data":)?\{"e":"depthUpdate","E":(0|[1-9][0-9]{0,15}),'
+    rb'(?:"T":(0|[1-9][0-9]{0,15}),)?"s":"([A-Z0-9_]{1,40})",'
+    rb'"U":(0|[1-9][0-9]{0,17}),"u":(0|[1-9][0-9]{0,17}),(?:"pu":(-?(?:0|[1-9][0-9]{0,17})),)?"b":\['
+)
+"""A depthUpdate header in Binance's key order, up to the bid array: printable ASCII
+without escapes in the stream name, JSON integers (no leading zeros) of at most 18
+digits (so in int64). Anything else takes the orjson road."""
 _SKELETONS: dict[tuple[int, int], bytes] = {}
 """(position of ``_MID``, length) of a digit-free level body -> the only valid body."""
 _INT_DIGITS = 10
@@ -310,35 +319,57 @@ class BatchDecoder:
         events: list[tuple[str, str, int, int]],
     ) -> int:
         """A depth message whose levels are read without making Python objects, or 0."""
-        p = frame.find(b'"b":[')
-        if p < 1 or frame[p - 1] != 44:  # the ',' before "b": a key, not text in a string
-            return 0
-        if frame.endswith(b"]}}"):
-            head_text, body = frame[: p - 1] + b"}}", frame[p + 5 : -3]
-        elif frame.endswith(b"]}"):
-            head_text, body = frame[: p - 1] + b"}", frame[p + 5 : -2]
+        m = _DEPTH_HEAD.match(frame)
+        if m is not None:
+            # Binance's own key order (most frames): the header without orjson.
+            envelope, e_ms, t_ms, symbol, first, last, prev = m.groups()
+            if not frame.endswith(b"]}}" if envelope else b"]}"):
+                return 0
+            body = frame[m.end() : -3 if envelope else -2]
+            name = symbol.decode()
+            inst = symbols.get(name)
+            e, t = int(e_ms), int(t_ms) if t_ms else 0
+            if inst is None or e >= _MAX_MS or t >= _MAX_MS:
+                return 0
+            head: tuple[int, ...] | None = (
+                inst,
+                e * MS,
+                int(first),
+                int(last),
+                -1 if prev is None else int(prev),
+                t * MS,
+            )
         else:
+            p = frame.find(b'"b":[')
+            if p < 1 or frame[p - 1] != 44:  # the ',' before "b": a key, not text in a string
+                return 0
+            if frame.endswith(b"]}}"):
+                head_text, body = frame[: p - 1] + b"}}", frame[p + 5 : -3]
+            elif frame.endswith(b"]}"):
+                head_text, body = frame[: p - 1] + b"}", frame[p + 5 : -2]
+            else:
+                return 0
+            try:
+                msg = orjson.loads(head_text)
+            except orjson.JSONDecodeError:
+                return 0
+            data = msg["data"] if type(msg) is dict and "data" in msg and "stream" in msg else msg
+            if type(data) is not dict or data.get("e") != "depthUpdate":
+                return 0
+            head = _depth_head(data, symbols)
+            name = data.get("s")
+        if head is None:
             return 0
         skeleton = body.translate(None, _DIGITS)
         mid, length = skeleton.find(_MID), len(skeleton)
         if mid < 0 or skeleton != (_SKELETONS.get((mid, length)) or _skeleton(mid, length)):
-            return 0
-        try:
-            msg = orjson.loads(head_text)
-        except orjson.JSONDecodeError:
-            return 0
-        data = msg["data"] if type(msg) is dict and "data" in msg and "stream" in msg else msg
-        if type(data) is not dict or data.get("e") != "depthUpdate":
-            return 0
-        head = _depth_head(data, symbols)
-        if head is None:
             return 0
         n_bid, n_ask = (mid + 1) // 10, (length - mid - 6) // 10
         if n_bid + n_ask:
             acc.raw_parts.append(body.translate(None, b'"[]a:').strip(b","))
         acc.raw.append(True)
         _add_depth(acc, head, start, recv, n_bid, n_ask)
-        events.append(("depthUpdate", data["s"], start, start + 1 + n_bid + n_ask))
+        events.append(("depthUpdate", name, start, start + 1 + n_bid + n_ask))
         return 1 + n_bid + n_ask
 
     @staticmethod
