@@ -931,13 +931,22 @@ def status(data_dir: Path | None, as_json: bool) -> None:
     if as_json:
         _print_json(report)
         return
-    from rich.table import Table
+    _console().print(_status_view(report))
 
-    con = _console()
+
+def _status_view(report: dict[str, Any], rates: dict[str, float] | None = None) -> Any:
+    """The status report as rich renderables; ``rates`` (ring name -> records/s) adds a column."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = []
     if not report["running"]:
-        con.print(f"not running on {report['data_dir']}")
+        parts.append(Text(f"not running on {report['data_dir']}"))
     else:
-        con.print(f"running: run {report['run_id']}, supervisor pid {report['supervisor_pid']}")
+        parts.append(
+            Text(f"running: run {report['run_id']}, supervisor pid {report['supervisor_pid']}")
+        )
         procs = Table("process", "pid", "state", "restarts", "cpu", "rss MB", "in", "out")
         procs.columns[0].no_wrap = True
         for p in report["processes"]:
@@ -951,27 +960,79 @@ def status(data_dir: Path | None, as_json: bool) -> None:
                 f"{p['counters']['records_in']:,}",
                 f"{p['counters']['records_out']:,}",
             )
-        con.print(procs)
-        rings = Table(
-            "ring",
-            "tail",
-            "drops",
-            *(f"{c['name']} lag" for c in report["rings"][0]["consumers"])
-            if report["rings"]
-            else (),
-        )
+        parts.append(procs)
+        consumers = [c["name"] for c in report["rings"][0]["consumers"]] if report["rings"] else []
+        rate_cols = ("records/s",) if rates is not None else ()
+        rings = Table("ring", "tail", *rate_cols, "drops", *(f"{c} lag" for c in consumers))
         for r in report["rings"]:
+            rate = (f"{rates.get(r['name'], 0.0):,.0f}",) if rates is not None else ()
+            drops = f"[red]{r['drops']:,}[/red]" if r["drops"] else "0"
             rings.add_row(
                 r["name"],
                 f"{r['tail']:,}",
-                str(r["drops"]),
+                *rate,
+                drops,
                 *(f"{c['lag']:,}" for c in r["consumers"]),
             )
-        con.print(rings)
+        parts.append(rings)
     w = report["wal"]
-    con.print(
-        f"WAL {w['dir']}: {w['segments']} segments, {w['bytes'] / 1e6:,.0f} MB; last seq {w['last_seq']}"
+    parts.append(
+        Text(
+            f"WAL {w['dir']}: {w['segments']} segments, {w['bytes'] / 1e6:,.0f} MB; "
+            f"last seq {w['last_seq']}",
+            overflow="fold",
+        )
     )
+    return Group(*parts)
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Exit after this many refreshes (default: until Ctrl-C).",
+)
+def monitor(data_dir: Path | None, interval: float, count: int | None) -> None:
+    """A live dashboard of the running pipeline: processes, ring rates, drops, consumer lag, WAL.
+
+    Read-only: it attaches to the shared memory like `status` and never slows
+    the pipeline. Keeps waiting (and says so) while no pipeline runs.
+    """
+    import time
+
+    from rich.live import Live
+
+    from pipeline import status as status_mod
+
+    root = _data_dir(data_dir)
+    previous: tuple[float, dict[str, int]] | None = None
+    shown = 0
+    with Live(console=_console(), auto_refresh=False) as live:
+        try:
+            while count is None or shown < count:
+                report = status_mod.collect(root)
+                now = time.monotonic()
+                tails = {r["name"]: r["tail"] for r in report["rings"]}
+                rates: dict[str, float] = {}
+                if previous is not None and now > previous[0]:
+                    span = now - previous[0]
+                    rates = {n: (t - previous[1].get(n, t)) / span for n, t in tails.items()}
+                previous = (now, tails)
+                live.update(_status_view(report, rates), refresh=True)
+                shown += 1
+                if count is None or shown < count:
+                    time.sleep(interval)  # the refresh period of the dashboard
+        except KeyboardInterrupt:
+            pass
 
 
 @main.command()

@@ -535,3 +535,26 @@ streams = ["depth@100ms", "aggTrade", "bookTicker", "markPrice@1s"]
     clears = records[records["kind"] == 1]
     assert len(clears) >= 2 * 3, "a snapshot per symbol at start and after each restart"
     assert checkpoint_books(data) == wal_books(data)
+
+
+@pytest.mark.system
+@pytest.mark.timeout(120)
+def test_monitor_shows_the_live_rings_with_rates(tmp_path: Path, runs: list[Run]) -> None:
+    from click.testing import CliRunner
+
+    from connector.cli import main
+
+    config = write_config(tmp_path / "p.toml")
+    data = tmp_path / "data"
+    run = Run(config, data)
+    runs.append(run)
+    run.wait_ready()
+    result = CliRunner().invoke(
+        main, ["monitor", "--data-dir", str(data), "--count", "2", "--interval", "0.5"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "running: run" in result.output and "records/s" in result.output
+    assert "syn0" in result.output and "wal lag" in result.output
+    assert run.stop() == 0
+    idle = CliRunner().invoke(main, ["monitor", "--data-dir", str(data), "--count", "1"])
+    assert idle.exit_code == 0 and "not running" in idle.output
