@@ -192,7 +192,7 @@ def concat(parts: Sequence[Records]) -> Records:
 
     Through the opaque 64-byte view: ``np.concatenate`` of structured arrays
     promotes their dtypes field by field, ~20 us per part (measured: it was
-    the Binance feed's biggest cost, called once per small batch).
+    a venue feed's biggest cost, called once per small batch).
     """
     if not parts:
         return empty(0)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +27,26 @@ def wait_until(
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(delay)  # poll interval of a condition wait, not a fixed sleep
         delay = min(delay * 2, 0.05)
+
+
+T = TypeVar("T")
+
+
+async def until(
+    condition: Callable[[], object], timeout_s: float = 10.0, what: str = "condition"
+) -> None:
+    """``wait_until`` on the running event loop: poll ``condition``, fail after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.005)  # poll interval of a condition wait, not a fixed sleep
+
+
+def run_bounded(coro: Coroutine[Any, Any, T], timeout_s: float = 30.0) -> T:
+    """Run one async scenario on a fresh event loop, bounded in time."""
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))
 
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)

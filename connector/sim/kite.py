@@ -1793,21 +1793,19 @@ def service(params: Mapping[str, Any], context: Any) -> None:
         if k not in account_fields and k not in ("clock", "holidays", "session_cache")
     }
 
-    async def main() -> None:
-        sim = KiteSimulator(
+    from connector.sim.service import serve_as_service
+
+    def make_sim() -> KiteSimulator:
+        return KiteSimulator(
             account=account,
             clock=clock_from_spec(str(params.get("clock", "real")), holidays),
             holidays=holidays,
             **kwargs,
         )
-        await sim.start()
-        if params.get("session_cache"):
-            write_session_cache(sim, Path(context.data_dir))
-        context.ready()
-        try:
-            while not context.stopping():
-                await asyncio.sleep(0.1)  # poll the stop flag; the simulator runs on this loop
-        finally:
-            await sim.stop()
 
-    asyncio.run(main())
+    def write_cache(sim: KiteSimulator) -> None:
+        write_session_cache(sim, Path(context.data_dir))
+
+    asyncio.run(
+        serve_as_service(make_sim, context, write_cache if params.get("session_cache") else None)
+    )

@@ -7,7 +7,7 @@ demo or a test runs the whole product against a loopback venue.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipeline.errors import ConfigError
@@ -36,14 +36,23 @@ def binance(params: Mapping[str, Any], context: ServiceContext) -> None:
     if "port" not in params:
         raise ConfigError("services.params.port is required: the feeds' URLs name it")
 
-    async def main() -> None:
-        sim = BinanceSimulator(**params)
-        await sim.start()
-        context.ready()
-        try:
-            while not context.stopping():
-                await asyncio.sleep(0.1)  # poll the stop flag; the simulator runs on this loop
-        finally:
-            await sim.stop()
+    asyncio.run(serve_as_service(lambda: BinanceSimulator(**params), context))
 
-    asyncio.run(main())
+
+async def serve_as_service(
+    make_sim: Callable[[], Any],
+    context: ServiceContext,
+    after_start: Callable[[Any], object] | None = None,
+) -> None:
+    """Make and start a simulator (on the running loop), call ``after_start(sim)``,
+    report ready, run until the supervisor asks to stop, then stop it."""
+    sim = make_sim()
+    await sim.start()
+    if after_start is not None:
+        after_start(sim)
+    context.ready()
+    try:
+        while not context.stopping():
+            await asyncio.sleep(0.1)  # poll the stop flag; the simulator runs on this loop
+    finally:
+        await sim.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,20 +14,11 @@ from connector.sim.binance import BinanceSimulator
 from pipeline import record as rec
 from pipeline.book import BookState
 from pipeline.record import Kind, StatusReason
+from tests.helpers import until
 
 pytestmark = pytest.mark.integration
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT"]
-
-
-async def until(
-    condition: Callable[[], object], timeout_s: float = 20.0, what: str = "condition"
-) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.01)  # poll interval of a condition wait
 
 
 class Run:
@@ -132,8 +122,7 @@ def test_books_follow_the_venue_exactly(market: str) -> None:
             run = Run(sim, market)
             try:
                 await run.converge()
-                await asyncio.sleep(0)
-                await run.converge()  # and again after more traffic
+                await run.converge()  # and again after more traffic (converge waits for it)
                 assert len(run.statuses(StatusReason.GAP)) == 0
                 kinds = set(run.all()["kind"].tolist())
                 assert {

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -46,27 +45,13 @@ from connector.sim.binance import (
 from pipeline import fixedpoint as fp
 from pipeline.book import BookState
 from tests.conftest import Children, shared_fixture
+from tests.helpers import run_bounded as run
+from tests.helpers import until
 
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 CLI = Path(sys.executable).parent / "connector-pipeline"
-
-
-def run(coro: Coroutine[Any, Any, T], timeout_s: float = 30.0) -> T:
-    """Run one scenario on a fresh event loop, bounded in time."""
-    return asyncio.run(asyncio.wait_for(coro, timeout_s))
-
-
-async def until(
-    condition: Callable[[], object], timeout_s: float = 10.0, what: str = "condition"
-) -> None:
-    """Wait for ``condition`` on the event loop; fail after ``timeout_s``."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.005)  # poll interval of a condition wait, not a fixed sleep
 
 
 async def recv_json(ws: ClientConnection, timeout_s: float = 5.0) -> Any:

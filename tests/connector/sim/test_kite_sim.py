@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,27 +46,13 @@ from connector.sim.kite_universe import generate_universe
 from connector.zerodha.ticker import KiteFrameError, TickerDecoder, parse_text, ticks
 from pipeline.errors import ConfigError
 from tests.conftest import Children
+from tests.helpers import run_bounded as run
+from tests.helpers import until
 
 T = TypeVar("T")
 
 OPEN = dt.datetime(2026, 11, 25, 10, 0, tzinfo=IST)  # a Wednesday, 10:00 IST
 SUNDAY = dt.datetime(2026, 11, 29, 12, 0, tzinfo=IST)
-
-
-def run(coro: Coroutine[Any, Any, T], timeout_s: float = 30.0) -> T:
-    """Run one scenario on a fresh event loop, bounded in time."""
-    return asyncio.run(asyncio.wait_for(coro, timeout_s))
-
-
-async def until(
-    condition: Callable[[], object], timeout_s: float = 10.0, what: str = "condition"
-) -> None:
-    """Wait for ``condition`` on the event loop; fail after ``timeout_s``."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.005)  # poll interval of a condition wait, not a fixed sleep
 
 
 def sim_at(when: dt.datetime, **kwargs: Any) -> KiteSimulator:
