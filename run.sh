@@ -14,8 +14,8 @@ setup() {
         echo "run.sh: creating $VENV with $($PYTHON --version 2>&1)" >&2
         "$PYTHON" -m venv "$VENV"
     fi
-    # Reinstall only when the project definition changed.
-    local stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-16)"
+    # Reinstall only when the project definition or the C speedup changed.
+    local stamp="$VENV/.installed-$(cat pyproject.toml setup.py connector/binance/_scan.c | sha1sum | cut -c1-16)"
     if [ ! -f "$stamp" ]; then
         echo "run.sh: installing the project and its test tools into $VENV" >&2
         "$VENV/bin/python" -m pip install --quiet --upgrade pip

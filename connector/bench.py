@@ -72,16 +72,22 @@ def bench_decode(
 
     Ours is the batch decoder (what the feed runs) over batches of ``batch``
     frames, producing complete records; the baseline only parses the JSON.
-    Each side alternates in short runs and keeps its best (the host drifts).
+    ``speedup`` says whether the C scanner was used; the pure-Python road is
+    measured too (``python_*``). Each side alternates in short runs and keeps
+    its best (the host drifts).
     """
     rng = random.Random(1)
     decoder = BatchDecoder(Decoder({"BTCUSDT": 1}))
+    python = BatchDecoder(Decoder({"BTCUSDT": 1}), speedup=False)
     out: dict[str, Any] = {}
     for name, frames in (
         ("binance_depth", _depth_frames(4096, rng)),
         ("binance_trade", _trade_frames(16384, rng)),
     ):
-        progress(f"decode {name}: {len(frames)} messages, batches of {batch}")
+        progress(
+            f"decode {name}: {len(frames)} messages, batches of {batch}, "
+            f"C speedup {'on' if decoder.speedup else 'not built: pure Python'}"
+        )
         chunks = [frames[i : i + batch] for i in range(0, len(frames), batch)]
 
         def baseline(frames: list[bytes] = frames) -> None:
@@ -89,18 +95,26 @@ def bench_decode(
             for f in frames:
                 loads(f)
 
-        def ours(chunks: list[list[bytes]] = chunks) -> None:
+        def ours(chunks: list[list[bytes]] = chunks, decoder: BatchDecoder = decoder) -> None:
             for chunk in chunks:
                 decoder.decode(chunk, 0)
 
-        base_rate = ours_rate = 0.0
+        def pure(chunks: list[list[bytes]] = chunks) -> None:
+            for chunk in chunks:
+                python.decode(chunk, 0)
+
+        base_rate = ours_rate = pure_rate = 0.0
         for _ in range(3):
-            base_rate = max(base_rate, _rate(baseline, len(frames), seconds / 6))
-            ours_rate = max(ours_rate, _rate(ours, len(frames), seconds / 6))
+            base_rate = max(base_rate, _rate(baseline, len(frames), seconds / 9))
+            ours_rate = max(ours_rate, _rate(ours, len(frames), seconds / 9))
+            pure_rate = max(pure_rate, _rate(pure, len(frames), seconds / 9))
         out[name] = {
             "msgs_per_s": round(ours_rate),
             "baseline_msgs_per_s": round(base_rate),
             "ratio": round(ours_rate / base_rate, 3),
+            "speedup": decoder.speedup,
+            "python_msgs_per_s": round(pure_rate),
+            "python_ratio": round(pure_rate / base_rate, 3),
             "batch": batch,
             "bytes_per_msg": len(frames[0]),
         }
