@@ -32,6 +32,22 @@ class AdapterContext:
     feed: str
     src: int
     data_dir: Path
+    max_instruments: int | None = None
+    """Slots of the book table (instrument ids 0 .. max_instruments - 1); None
+    outside a pipeline run (library use)."""
+
+
+def check_instrument_ids(feed: str, instruments: Mapping[int, str], max_instruments: int) -> None:
+    """Every id an adapter publishes must have a book-table slot: a ConfigError
+    naming the feed, the instrument and the fix, rather than books that never fill."""
+    beyond = [i for i in instruments if not 0 <= i < max_instruments]
+    if beyond:
+        worst = max(beyond)
+        raise ConfigError(
+            f"feeds.{feed}: instrument {instruments[worst]!r} has id {worst}, but the book "
+            f"table has {max_instruments} slots (ids 0..{max_instruments - 1}); raise [book] "
+            f"max_instruments above {worst} or give the feed lower ids"
+        )
 
 
 class Adapter(Protocol):

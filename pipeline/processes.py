@@ -31,7 +31,7 @@ from pipeline import paths
 from pipeline import record as rec
 from pipeline import ring as ring_mod
 from pipeline import wal as wal_mod
-from pipeline.adapter import AdapterContext, load_factory
+from pipeline.adapter import AdapterContext, check_instrument_ids, load_factory
 from pipeline.config import Config
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.runinfo import RunInfo
@@ -144,7 +144,11 @@ def run_ingest(spec: RunSpec, feed_name: str) -> None:
         feed = spec.config.feed(feed_name)
         info = spec.run.feed(feed_name)
         factory = load_factory(feed.adapter)
-        adapter = factory(feed.params, AdapterContext(feed.name, feed.src, spec.config.data_dir))
+        max_instruments = spec.config.book.max_instruments
+        context = AdapterContext(feed.name, feed.src, spec.config.data_dir, max_instruments)
+        adapter = factory(feed.params, context)
+        if (instruments := getattr(adapter, "instruments", None)) is not None:
+            check_instrument_ids(feed.name, instruments(), max_instruments)
         producer = ring_mod.Producer(info.ring, takeover=True)
         sequencer = ring_mod.Sequencer(producer, src=feed.src)
         _write_instruments(spec, feed_name, adapter)

@@ -60,10 +60,9 @@ from connector.zerodha.auth import (
 )
 from connector.zerodha.errors import KiteAuthError, MissingCredentials
 from connector.zerodha.ticker import KiteFrameError, TickerDecoder, parse_text
-from pipeline import fixedpoint, paths, runinfo
+from pipeline import fixedpoint, paths
 from pipeline import record as rec
 from pipeline.adapter import AdapterContext, check_params
-from pipeline.book import BookTable
 from pipeline.errors import ConfigError, FatalError, PipelineError, RetryableError, WalLockedError
 from pipeline.record import Records, StatusReason
 
@@ -702,21 +701,6 @@ def load_universe(
     return Universe.from_snapshot(result.snapshot)
 
 
-def book_slots(data_dir: Path) -> int | None:
-    """Slots of the running pipeline's book table (None outside a pipeline run)."""
-    try:
-        info = runinfo.read(data_dir)
-        if info is None:
-            return None
-        table = BookTable.attach(info.books)
-    except (PipelineError, OSError, ValueError):
-        return None
-    try:
-        return table.slots
-    finally:
-        table.close()
-
-
 def quote_ltp(
     api_url: str, session: Session, keys: Iterable[str], timeout_s: float = 5.0
 ) -> dict[int, int]:
@@ -808,7 +792,7 @@ def factory(params: Mapping[str, Any], context: AdapterContext) -> KiteFeed:
         )
         prices = spot_quotes(context.feed, params, universe, session, api_url)
         resolution = resolve_subscriptions(context.feed, params, universe, as_of, prices)
-        limit = params.get("max_inst") or book_slots(context.data_dir)
+        limit = params.get("max_inst") or context.max_instruments
         if limit is not None:
             check_inst_limit(context.feed, resolution, int(limit))
         version = 0 if universe.snapshot is None else universe.snapshot.version

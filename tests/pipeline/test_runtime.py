@@ -389,6 +389,15 @@ def test_start_fails_clearly(tmp_path: Path, runs: list[Run]) -> None:
     assert (
         b"ingest:syn0 could not start" in result.stderr and b"unknown key 'speed'" in result.stderr
     )
+    # Instrument ids beyond the book table: refused at start, not books that never fill.
+    beyond = tmp_path / "beyond.toml"
+    beyond.write_text(
+        write_config(tmp_path / "y.toml").read_text().replace("first_inst = 1", "first_inst = 1020")
+    )
+    result = start_foreground(beyond, tmp_path / "d3")
+    assert result.returncode == 2
+    assert b"ingest:syn0 could not start" in result.stderr
+    assert b"id 1039" in result.stderr and b"max_instruments" in result.stderr
     # A data dir that cannot be created (its parent is a file; works as root too).
     blocker = tmp_path / "a-file"
     blocker.write_text("")
