@@ -55,9 +55,11 @@ typedef struct {
 } Value;
 
 /* Level values of the frame being scanned, as (px, qty) pairs: parsed while
- * scanning, so each byte is read once. Only used with the GIL held. */
+ * scanning, so each byte is read once. Only used with the GIL held, by one
+ * scan at a time (see scan()). */
 static int64_t *scratch;
 static Py_ssize_t scratch_pairs, scratch_used;
+static int scanning;
 
 static int scratch_push(int64_t px, int64_t qty) {
     if (scratch_used == scratch_pairs) {
@@ -414,6 +416,8 @@ static inline void put(char *r, int64_t ts_exch, int64_t ts_recv, uint32_t inst,
 /* The levels of one side into records. */
 static void put_levels(const Value *v, uint8_t side, char *out, int64_t ts_exch, int64_t ts_recv,
                        uint32_t inst) {
+    if (v->levels == 0)
+        return; /* scratch may still be NULL, and NULL + 0 is undefined in C */
     const int64_t *pair = scratch + 2 * v->first;
     for (Py_ssize_t i = 0; i < v->levels; i++, pair += 2)
         put(out + i * RECORD_SIZE, ts_exch, ts_recv, inst, BOOK_LEVEL, side, pair[0], pair[1], 0, -1);
@@ -422,8 +426,7 @@ static void put_levels(const Value *v, uint8_t side, char *out, int64_t ts_exch,
 static PyObject *s_depth, *s_trade, *s_agg, *s_ticker;
 
 /* scan(frame, out, offset, symbols, recv_ns) -> (event, symbol, n), n (no room) or None */
-static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
+static PyObject *scan_frame(PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5) {
         PyErr_SetString(PyExc_TypeError, "scan(frame, out, offset, symbols, recv_ns)");
         return NULL;
@@ -573,6 +576,20 @@ done:
     }
     PyObject *result = Py_BuildValue("(OOn)", event, symbol, count);
     Py_DECREF(symbol);
+    return result;
+}
+
+/* The symbol lookup can run Python code (a key's __eq__), which can call
+ * scan() again, or let another thread do so, between scanning the levels into
+ * scratch and writing them out: such a nested scan declines rather than
+ * overwrite the outer one's levels. */
+static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (scanning)
+        Py_RETURN_NONE;
+    scanning = 1;
+    PyObject *result = scan_frame(args, nargs);
+    scanning = 0;
     return result;
 }
 
