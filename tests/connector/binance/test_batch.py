@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector.binance import batch as batch_module
-from connector.binance.batch import BatchDecoder
+from connector.binance.batch import Batch, BatchDecoder
 from connector.binance.wire import Decoder
 from pipeline import record as rec
 from tests.conftest import shared_fixture
@@ -32,7 +32,29 @@ ROADS = [
 """Both roads of the batch decoder must give exactly what Decoder.decode gives."""
 
 
-def _frames(name: str) -> list[bytes]:
+def assert_as_frame_by_frame(
+    got: Batch, decoder: Decoder, frames: list[bytes], recv: list[int]
+) -> None:
+    """``got`` has the records, events and failed frames of decoding one by one."""
+    expected, errors, events = [], [], []
+    total = 0
+    for i, f in enumerate(frames):
+        try:
+            d = decoder.decode(f, recv[i])
+        except ValueError:
+            errors.append(i)
+            continue
+        expected.append(d.records)
+        events.append((d.event, d.symbol, total, total + len(d.records)))
+        total += len(d.records)
+    want = np.concatenate(expected) if expected else np.zeros(0, dtype=got.records.dtype)
+    assert got.records.tobytes() == want.tobytes()
+    assert got.events == events
+    assert [i for i, _e in got.errors] == errors
+
+
+def recorded_frames(name: str) -> list[bytes]:
+    """The WebSocket frames of a cryptofeed capture in the fixtures."""
     path = shared_fixture(f"binance/cryptofeed/{name}")
     out = []
     for line in path.read_bytes().splitlines():
@@ -74,7 +96,7 @@ def _mutate(frame: bytes, rng: random.Random) -> bytes:
 def test_batch_equals_frame_by_frame(
     speedup: bool, name: str, market: str, seed: int, size: int, damaged: float
 ) -> None:
-    frames = _frames(name)
+    frames = recorded_frames(name)
     rng = random.Random(seed)
     picked = [rng.choice(frames) for _ in range(size)]
     picked = [_mutate(f, rng) if rng.random() < damaged else f for f in picked]
@@ -88,22 +110,8 @@ def test_batch_equals_frame_by_frame(
         with contextlib.suppress(Exception):
             one.decode(f, 0)
     batch_decoder.decoder.symbols.update(one.symbols)
-    expected, errors, events = [], [], []
-    total = 0
-    for i, f in enumerate(picked):
-        try:
-            d = one.decode(f, recv[i])
-        except ValueError:
-            errors.append(i)
-            continue
-        events.append((d.event, d.symbol, total, total + len(d.records)))
-        total += len(d.records)
-        expected.append(d.records)
     got = batch_decoder.decode(picked, recv)
-    want = np.concatenate(expected) if expected else np.zeros(0, dtype=got.records.dtype)
-    assert got.records.tobytes() == want.tobytes()
-    assert got.events == events
-    assert [i for i, _e in got.errors] == errors
+    assert_as_frame_by_frame(got, one, picked, recv)
 
 
 _ODD = [
@@ -165,17 +173,8 @@ def test_raw_bytes_depth_road_equals_frame_by_frame(
     rng = random.Random(seed)
     frames = [_compact_depth(i, rng, market) for i in range(size)]
     recv = [1_700_000_000_000_000_000 + i for i in range(size)]
-    one = Decoder({"BTCUSDT": 7}, market=market)
-    expected, errors = [], []
-    for i, f in enumerate(frames):
-        try:
-            expected.append(one.decode(f, recv[i]).records)
-        except ValueError:
-            errors.append(i)
     got = BatchDecoder(Decoder({"BTCUSDT": 7}, market=market), speedup=speedup).decode(frames, recv)
-    want = np.concatenate(expected) if expected else np.zeros(0, dtype=got.records.dtype)
-    assert got.records.tobytes() == want.tobytes()
-    assert [i for i, _e in got.errors] == errors
+    assert_as_frame_by_frame(got, Decoder({"BTCUSDT": 7}, market=market), frames, recv)
 
 
 def test_compact_depth_frames_take_the_raw_bytes_road() -> None:
@@ -290,23 +289,8 @@ def test_trades_and_tickers_of_every_shape_equal_frame_by_frame(
     rng = random.Random(seed)
     frames = [_compact_event(rng) for _ in range(size)]
     recv = [1_700_000_000_000_000_000 + i for i in range(size)]
-    one = Decoder({"BTCUSDT": 7})
-    expected, errors, events = [], [], []
-    total = 0
-    for i, f in enumerate(frames):
-        try:
-            d = one.decode(f, recv[i])
-        except ValueError:
-            errors.append(i)
-            continue
-        expected.append(d.records)
-        events.append((d.event, d.symbol, total, total + len(d.records)))
-        total += len(d.records)
     got = BatchDecoder(Decoder({"BTCUSDT": 7}), speedup=speedup).decode(frames, recv)
-    want = np.concatenate(expected) if expected else np.zeros(0, dtype=got.records.dtype)
-    assert got.records.tobytes() == want.tobytes()
-    assert got.events == events
-    assert [i for i, _e in got.errors] == errors
+    assert_as_frame_by_frame(got, Decoder({"BTCUSDT": 7}), frames, recv)
 
 
 @pytest.mark.skipif(not batch_module.SPEEDUP, reason="the C speedup is not built")

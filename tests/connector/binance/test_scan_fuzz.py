@@ -24,7 +24,7 @@ import pytest
 from connector.binance import batch as batch_module
 from connector.binance.wire import Decoded, DecodeError, Decoder
 from pipeline import record as rec
-from tests.conftest import shared_fixture
+from tests.connector.binance.test_batch import recorded_frames
 
 pytestmark = [
     pytest.mark.unit,
@@ -103,13 +103,7 @@ def check(
 
 
 def _recorded(name: str) -> list[bytes]:
-    path = shared_fixture(f"binance/cryptofeed/{name}")
-    out = []
-    for line in path.read_bytes().splitlines():
-        if not line or b" <-> " in line or line.startswith(b"configuration:"):
-            continue
-        out.append(line.partition(b": ")[2])
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(recorded_frames(name)))
 
 
 _TOKENS = [
