@@ -37,8 +37,10 @@ gap in ``seq`` is always declared by such a record.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -100,12 +102,49 @@ C_NAME, C_CURSOR, C_PID, C_HEARTBEAT_NS, C_WAITING, C_REGISTERED = 0, 4, 5, 6, 7
 
 EMPTY: Final = np.zeros(0, dtype=RECORD_DTYPE)
 BUSY_BATCH: Final = 256
-"""A consumer whose last batch had at least this many records is in the
-throughput regime: when it catches up it sleeps briefly instead of spinning."""
+"""For loops that drive a :class:`Backoff` themselves: a consumer whose last
+batch had at least this many records is in the throughput regime; when it
+catches up it sleeps briefly instead of spinning (``Backoff.reset(busy=True)``)."""
+BUSY_RATE: Final = 500_000
+"""Records per second above which :meth:`Consumer.wait` is in the throughput
+regime, judged over windows of at least :data:`RATE_WINDOW_NS`. Far above a
+live feed's steady rate (a few 10k/s), which stays in the low-latency regime;
+bursts, replays and benchmarks cross it."""
+RATE_WINDOW_NS: Final = 200_000
+BUSY_SLEEP_US: Final = 200.0
+"""How long :meth:`Consumer.wait` sleeps in the throughput regime to let a
+batch grow (the default backoff's ``busy_sleep_us``)."""
+BUSY_TARGET_BATCH: Final = 4096
+"""The batch :meth:`Consumer.wait` lets grow in the throughput regime (at most
+a sixteenth of the ring, so a sleeping consumer never fills it)."""
+TIMER_SLACK_NS: Final = 1_000
+"""Timer slack of a waiting thread. Linux lets a sleep overrun by the thread's
+timer slack, 50 µs by default, which would turn a 50 µs nap into up to 100 µs."""
+
+_PR_SET_TIMERSLACK: Final = 29
+_slack = threading.local()
 
 
 def _now_ns() -> int:
     return time.monotonic_ns()
+
+
+def set_timer_slack(slack_ns: int = TIMER_SLACK_NS) -> bool:
+    """Set the calling thread's timer slack (Linux ``prctl(PR_SET_TIMERSLACK)``),
+    so its short sleeps end when asked. Returns False where unsupported.
+    (0 would mean "the default" to the kernel, so at least 1 ns is set.)"""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_TIMERSLACK, max(1, slack_ns), 0, 0, 0)) == 0
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return False
+
+
+def _tighten_timer_slack() -> None:
+    """Once per thread: the first time a waiter is about to sleep."""
+    if not getattr(_slack, "done", False):
+        _slack.done = True
+        set_timer_slack()
 
 
 class Backoff:
@@ -113,10 +152,19 @@ class Backoff:
 
     Time-based phases, so behaviour does not depend on how fast a loop turns.
     Two cores are shared by every process: the cap bounds the cost of an idle
-    waiter to a few wakeups per millisecond.
+    waiter to a few wakeups per millisecond. The waiting thread's timer slack
+    is set to :data:`TIMER_SLACK_NS` before its first sleep.
     """
 
-    __slots__ = ("_idle_since", "_sleep_s", "sleep_max_s", "sleep_min_s", "spin_ns", "yield_ns")
+    __slots__ = (
+        "_idle_since",
+        "_sleep_s",
+        "busy_sleep_s",
+        "sleep_max_s",
+        "sleep_min_s",
+        "spin_ns",
+        "yield_ns",
+    )
 
     def __init__(
         self,
@@ -124,22 +172,25 @@ class Backoff:
         yield_us: float = 500.0,
         sleep_min_us: float = 50.0,
         sleep_max_us: float = 500.0,
+        busy_sleep_us: float | None = None,
     ) -> None:
         self.spin_ns = int(spin_us * 1000)
         self.yield_ns = int(yield_us * 1000)
         self.sleep_min_s = sleep_min_us / 1e6
         self.sleep_max_s = sleep_max_us / 1e6
+        self.busy_sleep_s = self.sleep_min_s if busy_sleep_us is None else busy_sleep_us / 1e6
         self._idle_since = 0
         self._sleep_s = self.sleep_min_s
 
     def reset(self, busy: bool = False) -> None:
         """Work arrived: the next idle period starts with spinning again, or,
         when ``busy`` (data comes in large batches, so the producer is fast and
-        latency is not the concern), directly with a short sleep, which leaves
-        the cores to the producer and lets the next batch grow."""
+        latency is not the concern), directly with a sleep of ``busy_sleep_us``
+        (default ``sleep_min_us``), which leaves the cores to the producer and
+        lets the next batch grow."""
         if busy:
             self._idle_since = _now_ns() - self.yield_ns
-            self._sleep_s = self.sleep_min_s
+            self._sleep_s = self.busy_sleep_s
         else:
             self._idle_since = 0
 
@@ -156,6 +207,7 @@ class Backoff:
         if idle_ns < self.yield_ns:
             os.sched_yield()
             return False
+        _tighten_timer_slack()
         time.sleep(self._sleep_s)
         self._sleep_s = min(self._sleep_s * 2, self.sleep_max_s)
         return True
@@ -450,8 +502,13 @@ class Producer(RingView):
 
         This is the hot path of every feed: closure cells are read several
         times faster than instance attributes, and at 16 records per call the
-        interpreter overhead, not the copy, is what costs (about 0.3 µs of a
-        0.6 µs publish on the reference machine).
+        interpreter overhead, not the copy, is what costs. So the common case
+        is one comparison, one copy and one store: ``limit`` caches the first
+        position the next batch may not reach, the lesser of the end of the
+        current lap (no wrap) and the slowest gating consumer's cursor plus
+        the capacity (room) as last read. Everything else (a wrap, a cursor
+        to re-read, a full ring, a structured dtype, a batch larger than
+        ``max_batch``) takes the slow path, which refreshes ``limit``.
         """
         slots = self._slots
         hq = self._hq
@@ -460,9 +517,11 @@ class Producer(RingView):
         max_batch = self.max_batch
         wait_for_space = self._wait_for_space
         drop = self.count_drop
+        v64 = V64
         w_tail = W_TAIL
         tail = hq[W_TAIL]
         gate = self._min_cursor()
+        limit = min(gate + capacity, tail - (tail & mask) + capacity)
 
         def publish(records: Records | npt.NDArray[np.void], wait: bool = True) -> bool:
             """Copy records into the ring and make them visible. Returns False
@@ -474,7 +533,18 @@ class Producer(RingView):
             More than ``max_batch`` records are published in chunks; the
             result is then False if any chunk was dropped.
             """
-            nonlocal tail, gate
+            nonlocal tail
+            n = len(records)
+            end = tail + n
+            if end <= limit and n <= max_batch and records.dtype is v64:
+                slots[tail & mask : (tail & mask) + n] = records
+                tail = end
+                hq[w_tail] = end  # the release: the slots written above become visible
+                return True
+            return publish_slow(records, wait)
+
+        def publish_slow(records: Records | npt.NDArray[np.void], wait: bool) -> bool:
+            nonlocal tail, gate, limit
             if records.dtype.names is not None:
                 records = records.view(V64)
             n = len(records)
@@ -485,6 +555,7 @@ class Producer(RingView):
             if tail + n - capacity > gate:
                 gate = wait_for_space(tail + n - capacity, wait)
                 if tail + n - capacity > gate:
+                    limit = min(gate + capacity, tail - (tail & mask) + capacity)
                     return drop(n)
             start = tail & mask
             end = start + n
@@ -496,6 +567,7 @@ class Producer(RingView):
                 slots[: end - capacity] = records[split:]
             tail += n
             hq[w_tail] = tail  # the release: the slots written above become visible
+            limit = min(gate + capacity, tail - (tail & mask) + capacity)
             return True
 
         return publish
@@ -538,7 +610,7 @@ class Producer(RingView):
         """Mark the ring closed (consumers end after draining) and detach."""
         if hasattr(self, "_hq"):
             self._hq[W_CLOSED] = 1
-        super().close()
+        self.detach()
 
     def detach(self) -> None:
         """Detach without closing (another producer may take over)."""
@@ -693,10 +765,16 @@ class Consumer(RingView):
             )
         self._cursor_word = self._base + C_CURSOR
         self._cursor = hq[self._cursor_word]
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or Backoff(busy_sleep_us=BUSY_SLEEP_US)
         self._parked = False
         self._last_beat = 0
-        self._last_batch = 0
+        # The arrival rate for wait(): records it returned since the window
+        # began, judged when a wait() starts at least RATE_WINDOW_NS later.
+        self._window_start = _now_ns()
+        self._window_records = 0
+        self._busy = False
+        self.busy_batch = min(BUSY_TARGET_BATCH, self.capacity // 16)
+        """In the throughput regime, :meth:`wait` lets the backlog grow to this many records."""
         hq[self._base + C_PID] = os.getpid()
         hq[self._base + C_HEARTBEAT_NS] = _now_ns()
 
@@ -707,6 +785,11 @@ class Consumer(RingView):
     @property
     def lag(self) -> int:
         return self.tail - self._cursor
+
+    @property
+    def busy(self) -> bool:
+        """Whether :meth:`wait` is in the throughput regime (see there)."""
+        return self._busy
 
     @property
     def at_end(self) -> bool:
@@ -724,15 +807,40 @@ class Consumer(RingView):
         return self._records[start : start + n]
 
     def wait(self, timeout_s: float | None = None, max_records: int = 1 << 16) -> Records:
-        """Like :meth:`poll` but waits adaptively for data; empty on timeout or at end."""
-        batch = self.poll(max_records)
-        if len(batch):
-            self._last_batch = len(batch)
+        """Like :meth:`poll` but waits adaptively for data; empty on timeout or at end.
+
+        Two regimes, chosen from the arrival rate (records returned per
+        second, judged over windows of at least :data:`RATE_WINDOW_NS`):
+
+        * below :data:`BUSY_RATE`, latency: it spins, then yields, then sleeps,
+          so a record is seen within microseconds of its publication;
+        * above, throughput: the producer is in a burst, and taking records
+          in small batches as they appear would cost it most of a core (a
+          batch costs the consumer microseconds whatever its size, so the
+          batch size would settle at what arrives during that overhead). So
+          the consumer sleeps ``busy_sleep_us`` of its backoff whenever fewer
+          than :attr:`busy_batch` records are waiting, and when it has caught
+          up, leaving the cores to the producer; latency is then bounded by
+          that sleep.
+        """
+        hq = self._hq
+        now = _now_ns()
+        if now - self._window_start >= RATE_WINDOW_NS:
+            elapsed = now - self._window_start
+            self._busy = self._window_records * 1_000_000_000 >= BUSY_RATE * elapsed
+            self._window_start = now
+            self._window_records = 0
+        avail = hq[W_TAIL] - self._cursor
+        if avail > 0:
+            if self._busy and avail < min(self.busy_batch, max_records) and not hq[W_CLOSED]:
+                _tighten_timer_slack()
+                time.sleep(self._backoff.busy_sleep_s)  # let the batch grow
+            batch = self.poll(max_records)
+            self._window_records += len(batch)
             return batch
         backoff = self._backoff
-        backoff.reset(busy=self._last_batch >= BUSY_BATCH)
-        deadline = None if timeout_s is None else _now_ns() + int(timeout_s * 1e9)
-        hq = self._hq
+        backoff.reset(busy=self._busy)
+        deadline = None if timeout_s is None else now + int(timeout_s * 1e9)
         while True:
             if backoff.idle():
                 if not self._parked:
@@ -750,7 +858,7 @@ class Consumer(RingView):
         if self._parked:
             self._parked = False
             hq[self._base + C_WAITING] = 0
-        self._last_batch = len(batch)
+        self._window_records += len(batch)
         return batch
 
     def advance(self, n: int) -> None:

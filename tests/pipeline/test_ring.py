@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
+import threading
+import time
 
+import numpy as np
 import pytest
 
 from pipeline import record as rec
 from pipeline import ring as ring_mod
 from pipeline.errors import RingError
-from pipeline.record import Kind, StatusReason
-from tests.helpers import make_records, payload_ok
+from pipeline.record import V64, Kind, StatusReason
+from tests.helpers import make_records, payload_ok, wait_until
 from tests.pipeline import ring_workers
 
 
@@ -205,6 +210,114 @@ def test_backoff_goes_from_spinning_to_sleeping() -> None:
     b.reset()
     assert b.idle() is False  # the first call only starts the clock
     assert b.idle() is True  # then it parks (sleeps), capped
+
+
+@pytest.mark.unit
+def test_v64_fast_path_wraps_and_never_passes_the_slowest_consumer(make_ring) -> None:  # type: ignore[no-untyped-def]
+    # V64 batches take publish()'s fast path, which trusts a cached room limit:
+    # it must still wrap correctly and refuse rather than overwrite.
+    ring = make_ring(capacity=64, consumers=("wal", "book"), full_wait_ms=1, max_batch=32)
+    p = ring_mod.Producer(ring.name)
+    wal = ring_mod.Consumer(ring.name, "wal")
+    book = ring_mod.Consumer(ring.name, "book")
+    nxt = 1
+    for n in [1, 5, 17, 30, 3, 32, 8, 2, 31, 64, 50] * 4:  # 64 and 50 are chunked by 32
+        batch = make_records(nxt, n)
+        # alternate the exact V64 dtype (fast path), an equal but distinct one, the structured one
+        kind = nxt % 3
+        arg = batch.view(V64) if kind == 0 else batch.view(np.dtype("V64")) if kind == 1 else batch
+        assert p.publish(arg)
+        for c in (wal, book):
+            got = 0
+            while got < n:
+                out = c.poll()
+                assert len(out) and out["seq"][0] == nxt + got and payload_ok(out)
+                got += len(out)
+                c.advance(len(out))
+        nxt += n
+    wal.advance(0)
+    assert p.publish(make_records(nxt, 32).view(V64))
+    assert p.publish(make_records(nxt + 32, 32).view(V64))  # now full for both
+    wal.advance(64)  # book has not moved: still full
+    assert not p.publish(make_records(nxt + 64, 1).view(V64), wait=False)
+    assert not p.publish(make_records(nxt + 64, 1).view(V64)), "waits 1 ms, then drops"
+    assert ring.stats().dropped == 2
+    first = book.poll(1)
+    assert first["seq"][0] == nxt and payload_ok(first), "unconsumed records untouched"
+    book.advance(10)
+    assert p.publish(make_records(nxt + 64, 10).view(V64), wait=False)
+    assert not p.publish(make_records(nxt + 74, 1).view(V64), wait=False)
+    rest = []
+    while book.lag:
+        rest.append(book.poll().copy())
+        book.advance(len(rest[-1]))
+    out = np.concatenate(rest)
+    assert list(out["seq"]) == list(range(nxt + 10, nxt + 74)) and payload_ok(out)
+    p.close()
+    wal.close()
+    book.close()
+
+
+@pytest.mark.unit
+def test_consumer_wait_switches_between_latency_and_throughput(make_ring) -> None:  # type: ignore[no-untyped-def]
+    ring = make_ring(capacity=1 << 14, consumers=("wal",))
+    p = ring_mod.Producer(ring.name)
+    c = ring_mod.Consumer(ring.name, "wal")
+    assert not c.busy and c.busy_batch == 1024  # a sixteenth of this ring
+    block = make_records(1, 1024).view(V64)
+    got = 0
+
+    def burst() -> bool:
+        nonlocal got
+        until = time.monotonic_ns() + 10 * ring_mod.RATE_WINDOW_NS
+        while time.monotonic_ns() < until:
+            p.publish(block)
+            while c.lag:  # the block may end at the wrap
+                batch = c.wait(timeout_s=1)
+                got += len(batch)
+                c.advance(len(batch))
+        return c.busy
+
+    # Millions of records per second: throughput regime (judged per window,
+    # so a descheduled moment only delays the switch).
+    wait_until(burst, timeout_s=30, what="throughput regime at full speed")
+    assert got == c.cursor == p.tail
+    # A trickle: back to the latency regime.
+    single = make_records(1, 1).view(V64)
+
+    def trickle() -> bool:
+        p.publish(single)
+        assert len(c.wait(timeout_s=1)) == 1
+        c.advance(1)
+        time.sleep(ring_mod.RATE_WINDOW_NS / 1e9)  # the trickle's pace
+        return not c.busy
+
+    wait_until(trickle, timeout_s=30, what="latency regime at a trickle")
+    assert c.lag == 0
+    p.close()
+    c.close()
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timer slack is a Linux feature")
+def test_a_waiter_tightens_its_timer_slack_before_sleeping() -> None:
+    pr_get_timerslack = 30
+    libc = ctypes.CDLL(None, use_errno=True)
+    seen: list[int] = []
+
+    def waiter() -> None:  # a thread of its own: the slack is per thread
+        seen.append(libc.prctl(pr_get_timerslack, 0, 0, 0, 0))
+        b = ring_mod.Backoff(spin_us=0, yield_us=0, sleep_min_us=10, sleep_max_us=20)
+        b.idle()
+        assert b.idle() is True  # slept
+        seen.append(libc.prctl(pr_get_timerslack, 0, 0, 0, 0))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    t.join(timeout=10)
+    assert len(seen) == 2
+    assert seen[1] == ring_mod.TIMER_SLACK_NS
+    assert ring_mod.set_timer_slack(seen[0]) or True  # restoring is harmless on this thread
 
 
 # ---------------------------------------------------------------------------
