@@ -210,6 +210,23 @@ static int parse_decimal(const char *s, const char *e, int64_t *out) {
     return parse_plain(s, e, out) == e;
 }
 
+enum { BAD = 0, MORE, CLOSED };
+
+/* After an element or member: MORE after a ',', CLOSED after the closing
+ * bracket (both consumed), BAD for anything else. */
+static inline int after_item(Scanner *sc, char close) {
+    skip_ws(sc);
+    if (sc->p < sc->end && *sc->p == ',') {
+        sc->p++;
+        return MORE;
+    }
+    if (sc->p < sc->end && *sc->p == close) {
+        sc->p++;
+        return CLOSED;
+    }
+    return BAD;
+}
+
 /* A quoted plain decimal (see parse_decimal) read in place. */
 static int scan_decimal(Scanner *sc, int64_t *out) {
     skip_ws(sc);
@@ -240,19 +257,11 @@ static int scan_levels(Scanner *sc, Value *v) {
             !scan_decimal(sc, &qty) || !expect(sc, ']') || !scratch_push(px, qty))
             return 0;
         v->levels++;
-        skip_ws(sc);
-        if (sc->p >= sc->end)
-            return 0;
-        if (*sc->p == ',') {
-            sc->p++;
-            continue;
-        }
-        if (*sc->p == ']') {
-            sc->p++;
+        int next = after_item(sc, ']');
+        if (next != MORE) {
             v->end = sc->p;
-            return 1;
+            return next == CLOSED;
         }
-        return 0;
     }
 }
 
@@ -357,18 +366,9 @@ static int scan_object(Scanner *sc, Fields *f, Fields *data) {
         } else if (!scan_value(sc, NULL, 0)) {
             return 0;
         }
-        skip_ws(sc);
-        if (sc->p >= sc->end)
-            return 0;
-        if (*sc->p == ',') {
-            sc->p++;
-            continue;
-        }
-        if (*sc->p == '}') {
-            sc->p++;
-            return 1;
-        }
-        return 0;
+        int next = after_item(sc, '}');
+        if (next != MORE)
+            return next == CLOSED;
     }
 }
 
