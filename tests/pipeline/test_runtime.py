@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -20,6 +21,7 @@ import pytest
 
 from pipeline import book as book_mod
 from pipeline import paths, runinfo, shm, status, wal
+from pipeline import record as rec
 from pipeline.processes import checkpoint_path
 from pipeline.stats import ProcessTable
 from pipeline.synthetic import SyntheticParams, SyntheticSource
@@ -524,24 +526,36 @@ streams = ["depth@100ms", "aggTrade", "bookTicker", "markPrice@1s"]
     for victim in ["ingest:spot", "wal-writer", "ingest:usdm", "book-builder", "ingest:spot"]:
         kill_after_progress(run, victim, 300)
 
-    def spot_snapshots_logged() -> int:
-        # The live WAL, read as far as it is complete (the writer may be mid-frame).
-        batches = list(wal.WalReader(paths.market_wal_dir(data)).records(src=1, strict=False))
-        return sum(int((b["kind"] == 1).sum()) for b in batches)
+    def resyncs_after_restarts(strict: bool) -> list[set[int]]:
+        """Per spot restart, the instruments snapshotted after it (before the next one)."""
+        records = np.concatenate(
+            list(wal.WalReader(paths.market_wal_dir(data)).records(src=1, strict=strict))
+            or [np.zeros(0, dtype=rec.RECORD_DTYPE)]
+        )
+        restarts = records["seq"][(records["kind"] == 10) & (records["aux"] == 10)].tolist()
+        clears = records[records["kind"] == 1]
+        bounds = [*restarts, int(records["seq"].max()) + 1 if len(records) else 0]
+        return [
+            set(clears["inst"][(clears["seq"] > a) & (clears["seq"] < b)].tolist())
+            for a, b in itertools.pairwise(bounds)
+        ]
 
     # Progress alone is not enough: the usdm feed can make it while the last
-    # restarted spot ingest still waits for its snapshots.
-    wait_until(lambda: spot_snapshots_logged() >= 2 * 3, 60, "the spot books to resync")
+    # restarted spot ingest still waits for its snapshots. (The live WAL is
+    # read as far as it is complete: the writer may be mid-frame.)
+    wait_until(
+        lambda: (r := resyncs_after_restarts(strict=False)) and len(r) == 2 and r[-1] == {1, 2},
+        60,
+        "the spot books to resync after the last restart",
+    )
     assert run.stop() == 0, run.output()
     report = verify(data)
     assert_nothing_lost(report)
     assert set(report["sources"]) == {"spot", "usdm"}
-    # Each restarted ingest said so, and its books resynced from a snapshot.
-    records = np.concatenate(list(wal.WalReader(paths.market_wal_dir(data)).records(src=1)))
-    statuses = records[records["kind"] == 10]
-    assert int((statuses["aux"] == 10).sum()) == 2, "two PRODUCER_RESTART records on the spot feed"
-    clears = records[records["kind"] == 1]
-    assert len(clears) >= 2 * 3, "a snapshot per symbol at start and after each restart"
+    # Each restarted ingest said so (two PRODUCER_RESTART records on the spot
+    # feed), and then resynced both its books from snapshots. (The first
+    # ingest may be killed before its second snapshot: no assertion on it.)
+    assert resyncs_after_restarts(strict=True) == [{1, 2}, {1, 2}]
     assert checkpoint_books(data) == wal_books(data)
 
 
