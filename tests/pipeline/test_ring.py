@@ -289,7 +289,9 @@ def test_consumer_wait_switches_between_latency_and_throughput(make_ring) -> Non
         p.publish(single)
         assert len(c.wait(timeout_s=1)) == 1
         c.advance(1)
-        time.sleep(ring_mod.RATE_WINDOW_NS / 1e9)  # the trickle's pace
+        # The trickle's pace: the next record only after a whole rate window.
+        after = time.monotonic_ns() + ring_mod.RATE_WINDOW_NS
+        wait_until(lambda: time.monotonic_ns() >= after, 5, "a rate window to pass")
         return not c.busy
 
     wait_until(trickle, timeout_s=30, what="latency regime at a trickle")
