@@ -39,6 +39,11 @@ from pipeline.record import RECORD_SIZE, V64, Records
 RING_BATCHES = (1, 16, 256)
 RING_CAPACITY = 1 << 16
 PACED_RATE = 10_000  # records per second for the latency phase
+LATENCY_WARMUP_S = 0.2
+"""The latency phase first publishes unstamped at the paced rate for this long,
+so it measures the steady state at 10k records/s and not the end of the burst
+before it (the lapped reader then catches up in 4096-record copies for ~16 ms,
+and the consumers leave the throughput regime)."""
 
 Progress = Callable[[str], None]
 
@@ -63,11 +68,72 @@ def _sample_records(n: int, seed: int = 7) -> Records:
     return out
 
 
+def _median_percentiles(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """Per-run (p50, p99) pairs -> the medians of each, over the runs."""
+    return (
+        float(np.median([p50 for p50, _ in runs])),
+        float(np.median([p99 for _, p99 in runs])),
+    )
+
+
 def _percentiles_us(samples_ns: npt.NDArray[np.int64]) -> tuple[float, float]:
     if len(samples_ns) == 0:
         return float("nan"), float("nan")
     p50, p99 = np.percentile(samples_ns, [50, 99])
     return round(float(p50) / 1000, 2), round(float(p99) / 1000, 2)
+
+
+def _paced(
+    publish: Callable[[], object], stamp: npt.NDArray[np.int64], batch: int, paced_s: float
+) -> int:
+    """The latency phase's producer: ``publish()`` a batch every ``batch /
+    PACED_RATE`` seconds, for :data:`LATENCY_WARMUP_S` with ``stamp[0] = 0``
+    and then ``paced_s`` with ``stamp[0]`` = the wall clock just before the
+    publish. Returns the number of stamped batches."""
+    interval_ns = int(batch * 1e9 / PACED_RATE)
+    next_ns = time.monotonic_ns()
+    stamp_from = next_ns + int(LATENCY_WARMUP_S * 1e9)
+    end_ns = stamp_from + int(paced_s * 1e9)
+    stamped = 0
+    while next_ns < end_ns:
+        # Sleep like an ingest process blocked on its socket (no spinning: the
+        # consumers need the cores); the schedule catches up, so the mean rate holds.
+        wait = next_ns - time.monotonic_ns()
+        if wait > 0:
+            time.sleep(wait / 1e9)
+        if next_ns >= stamp_from:
+            stamp[0] = time.time_ns()
+            stamped += 1
+        publish()
+        next_ns += interval_ns
+    return stamped
+
+
+class _Tally:
+    """What a benchmark consumer does with each batch: reads every record (one
+    cache line each) into a checksum, and takes the latency of stamped ones.
+    Only the first record of each published batch may carry a stamp, and every
+    publish is ``batch_size`` records, so only positions that are multiples of
+    ``batch_size`` are looked at."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.records = 0
+        self.checksum = 0
+        self._latencies: list[npt.NDArray[np.int64]] = []
+
+    def add(self, batch: Records, position: int, now_ns: int) -> None:
+        """``batch`` starts at ring position ``position``; ``now_ns`` is when it was seen."""
+        self.checksum ^= int(np.bitwise_xor.reduce(batch["px"]))
+        stamps = batch["ts_recv"][-position % self.batch_size :: self.batch_size]
+        stamped = stamps[stamps != 0]
+        if len(stamped):
+            self._latencies.append(now_ns - stamped)
+        self.records += len(batch)
+
+    def result(self) -> dict[str, Any]:
+        lat = np.concatenate(self._latencies) if self._latencies else np.zeros(0, dtype=np.int64)
+        return {"records": self.records, "latency_ns": lat, "checksum": self.checksum}
 
 
 # ---------------------------------------------------------------------------
@@ -135,6 +201,118 @@ def _baseline_consumer(name: str, barrier: Any, out: Connection) -> None:
 
 
 # ---------------------------------------------------------------------------
+# ring: the latency baseline (the same processes and pacing, bare loops)
+
+
+def _bare_views(name: str) -> tuple[shm.Segment, memoryview, Records]:
+    seg = shm.attach(name)
+    header = memoryview(seg.buf)[:4096].cast("Q")  # item reads give Python ints
+    records = np.frombuffer(seg.buf, dtype=np.uint8, offset=4096).view(rec.RECORD_DTYPE)
+    return seg, header, records
+
+
+class _BarePublisher:
+    """One record into the next slot, then the counter: the bare loop's publish."""
+
+    def __init__(self, h: memoryview, records: Records) -> None:
+        self.h = h
+        self.slots = records.view(V64)
+        self.src = _sample_records(1)
+        self.src["ts_recv"] = 0
+        self.src_v64 = self.src.view(V64)
+        self.count = 0
+
+    def __call__(self) -> None:
+        slot = self.count & (len(self.slots) - 1)
+        self.slots[slot : slot + 1] = self.src_v64
+        self.count += 1
+        self.h[_BASE_COUNTER] = self.count
+
+
+def _bare_paced_producer(name: str, paced_s: float, barrier: Any, out: Connection) -> None:
+    seg, h, records = _bare_views(name)
+    publish = _BarePublisher(h, records)
+    barrier.wait()
+    sent = _paced(publish, publish.src["ts_recv"], 1, paced_s)
+    h[_BASE_DONE] = 1
+    out.send(sent)
+    del h, records, publish
+    seg.close()
+
+
+def _bare_paced_consumer(name: str, barrier: Any, out: Connection) -> None:
+    # Polls the counter and yields the CPU between polls: on two shared cores
+    # that is the quickest wait measured here (a busy poll takes the
+    # producer's core and is slower); no spin-then-sleep schedule, no protocol.
+    seg, h, records = _bare_views(name)
+    cap = len(records)
+    tally = _Tally(1)
+    seen = 0
+    barrier.wait()
+    while True:
+        count = h[_BASE_COUNTER]
+        if count == seen:
+            if h[_BASE_DONE] and h[_BASE_COUNTER] == seen:
+                break
+            os.sched_yield()
+            continue
+        start = seen & (cap - 1)
+        n = min(count - seen, cap - start)  # at 10k records/s the producer never laps
+        batch = records[start : start + n]  # in hand, as the ring consumer's wait() returns it
+        tally.add(batch, seen, time.time_ns())
+        seen += n
+    out.send(tally.result())
+    del h, records
+    seg.close()
+
+
+def _bare_reader(name: str, barrier: Any, out: Connection) -> None:
+    # The ring run's reader without the protocol: copies what is new every millisecond.
+    seg, h, records = _bare_views(name)
+    slots = records.view(V64)
+    cap = len(slots)
+    sink = np.empty(4096, dtype=V64)
+    pos = 0
+    barrier.wait()
+    while not h[_BASE_DONE]:
+        start = pos & (cap - 1)
+        n = min(h[_BASE_COUNTER] - pos, len(sink), cap - start)
+        sink[:n] = slots[start : start + n]
+        pos += n
+        time.sleep(0.001)
+    out.send(pos)
+    del h, slots, records
+    seg.close()
+
+
+def _run_latency_baseline(paced_s: float) -> npt.NDArray[np.int64]:
+    """One-record latency of bare loops in the ring run's topology (a paced
+    producer, two consumers, a reader waking every millisecond): what this
+    machine's scheduler gives any design of two waiters and a producer."""
+    ctx = mp.get_context("spawn")
+    name = shm.segment_name(shm.new_run_id(), "bench-base-latency")
+    seg = shm.create(name, 4096 + RING_CAPACITY * RECORD_SIZE)
+    try:
+        barrier = ctx.Barrier(4)
+        pipes = [ctx.Pipe(duplex=False) for _ in range(4)]
+        targets: list[tuple[Callable[..., None], tuple[Any, ...]]] = [
+            (_bare_paced_producer, (name, paced_s, barrier, pipes[0][1])),
+            (_bare_paced_consumer, (name, barrier, pipes[1][1])),
+            (_bare_paced_consumer, (name, barrier, pipes[2][1])),
+            (_bare_reader, (name, barrier, pipes[3][1])),
+        ]
+        with _processes() as procs:
+            procs.extend(ctx.Process(target=t, args=a) for t, a in targets)
+            for p in procs:
+                p.start()
+            _sent, first, second, _read = (_recv(recv, procs) for recv, _send in pipes)
+        return np.concatenate([first["latency_ns"], second["latency_ns"]])
+    finally:
+        seg.close()
+        seg.unlink()
+
+
+# ---------------------------------------------------------------------------
 # ring: the real thing
 
 
@@ -165,21 +343,8 @@ def _ring_producer(
     drops = producer.stats().dropped
 
     # Latency phase: 10k records/s in batches of `batch`, first record stamped.
-    interval_ns = int(batch * 1e9 / PACED_RATE)
     stamp = src["ts_recv"]
-    next_ns = time.monotonic_ns()
-    end_ns = next_ns + int(paced_s * 1e9)
-    sent = 0
-    while next_ns < end_ns:
-        # Sleep like an ingest process blocked on its socket (no spinning: the
-        # consumers need the cores); the schedule catches up, so the mean rate holds.
-        wait = next_ns - time.monotonic_ns()
-        if wait > 0:
-            time.sleep(wait / 1e9)
-        stamp[0] = time.time_ns()
-        publish(src_v64)
-        sent += 1
-        next_ns += interval_ns
+    sent = _paced(lambda: publish(src_v64), stamp, batch, paced_s)
     out.send({"published": published, "elapsed": elapsed, "drops": drops, "paced_batches": sent})
     producer.close()
 
@@ -189,32 +354,19 @@ def _ring_consumer(
 ) -> None:
     # A gating consumer gets a stable zero-copy view (the producer cannot
     # overwrite it before advance), so unlike the bare loop's consumer it
-    # need not copy; it reads every record (one cache line each) for a checksum.
-    # Only the first record of each published batch may carry a latency stamp,
-    # and every publish is `batch_size` records from position 0, so only
-    # positions that are multiples of `batch_size` are looked at for stamps.
+    # need not copy.
     c = ring_mod.Consumer(name, consumer)
-    latencies: list[npt.NDArray[np.int64]] = []
-    checksum = 0
-    got = 0
+    tally = _Tally(batch_size)
     barrier.wait()
     while True:
         batch = c.wait(timeout_s=None)
-        n = len(batch)
-        if n == 0:
+        if not len(batch):
             if c.at_end:
                 break
             continue
-        now = time.time_ns()
-        checksum ^= int(np.bitwise_xor.reduce(batch["px"]))
-        stamps = batch["ts_recv"][-c.cursor % batch_size :: batch_size]
-        stamped = stamps[stamps != 0]
-        if len(stamped):
-            latencies.append(now - stamped)
-        got += n
-        c.advance(n)
-    lat = np.concatenate(latencies) if latencies else np.zeros(0, dtype=np.int64)
-    out.send({"records": got, "latency_ns": lat, "checksum": checksum})
+        tally.add(batch, c.cursor, time.time_ns())
+        c.advance(len(batch))
+    out.send(tally.result())
     c.close()
 
 
@@ -334,9 +486,13 @@ def bench_ring(
 
     Throughput: the producer publishes as fast as it can for ``seconds``; the
     clock stops when both gating consumers have consumed everything. Latency:
-    then ``seconds`` more at a paced 10k records/s; latency is the time from
-    publish to a gating consumer seeing the record (adaptive wait, no busy
-    poll), pooled over every run.
+    then, after :data:`LATENCY_WARMUP_S` at the paced rate, ``seconds`` more
+    at a paced 10k records/s; latency is the time from publish to a gating
+    consumer seeing the record (adaptive wait, no busy poll); the p50 and p99
+    reported are the medians of the runs' (each run's are listed). At batch 1 (one-record latency) the same is measured for bare
+    loops in the same processes and pacing (``baseline_p50/p99_latency_us``):
+    consumers that poll one counter and yield the CPU between polls, the
+    quickest wait this host allows two waiters and a producer on two cores.
 
     The host's speed drifts by 2-5x within minutes, so a baseline run and a
     ring run are made back to back, ``repeats`` times, and the pair with the
@@ -346,6 +502,7 @@ def bench_ring(
     results = []
     for batch in batches:
         pairs: list[tuple[float, dict[str, Any]]] = []
+        bare_latency: list[npt.NDArray[np.int64]] = []
         for i in range(repeats):
             progress(f"ring batch {batch} ({i + 1}/{repeats}): baseline (bare 2-process copy loop)")
             baseline = _run_baseline(batch, seconds)
@@ -353,10 +510,32 @@ def bench_ring(
                 f"ring batch {batch} ({i + 1}/{repeats}): ring (producer + 2 gating consumers + 1 reader)"
             )
             pairs.append((baseline, _run_ring(batch, seconds, seconds)))
+            if batch == 1:
+                progress(
+                    f"ring batch 1 ({i + 1}/{repeats}): latency baseline (the same processes, bare loops)"
+                )
+                bare_latency.append(_run_latency_baseline(seconds))
         ranked = sorted(pairs, key=lambda pair: pair[1]["records_per_s"] / pair[0])
         baseline, median = ranked[len(ranked) // 2]
-        latency = np.concatenate([run["latency_ns"] for _b, run in pairs])
-        p50, p99 = _percentiles_us(latency)
+        # Latency per run, and the median run's figures: like the throughput
+        # pairs, one run the host disturbed must not stand for the others.
+        run_latency = [_percentiles_us(run["latency_ns"]) for _b, run in pairs]
+        run_bare = [_percentiles_us(lat) for lat in bare_latency]
+        p50, p99 = _median_percentiles(run_latency)
+        runs: list[dict[str, Any]] = []
+        for i, (b, run) in enumerate(pairs):
+            runs.append(
+                {
+                    "records_per_s": round(run["records_per_s"]),
+                    "baseline_records_per_s": round(b),
+                    "p50_latency_us": run_latency[i][0],
+                    "p99_latency_us": run_latency[i][1],
+                }
+            )
+            if run_bare:
+                runs[-1]["baseline_p50_latency_us"] = run_bare[i][0]
+                runs[-1]["baseline_p99_latency_us"] = run_bare[i][1]
+        base_p50, base_p99 = _median_percentiles(run_bare) if run_bare else (None, None)
         results.append(
             {
                 "batch": batch,
@@ -365,17 +544,14 @@ def bench_ring(
                 "ratio": round(median["records_per_s"] / baseline, 3),
                 "p50_latency_us": p50,
                 "p99_latency_us": p99,
+                "baseline_p50_latency_us": base_p50,
+                "baseline_p99_latency_us": base_p99,
                 "latency_rate_records_per_s": PACED_RATE,
-                "latency_samples": len(latency),
+                "latency_warmup_s": LATENCY_WARMUP_S,
+                "latency_samples": sum(len(run["latency_ns"]) for _b, run in pairs),
                 "drops": sum(run["drops"] for _b, run in pairs),
                 "reader_overruns": median["reader_overruns"],
-                "pairs": [
-                    {
-                        "records_per_s": round(run["records_per_s"]),
-                        "baseline_records_per_s": round(b),
-                    }
-                    for b, run in pairs
-                ],
+                "pairs": runs,
             }
         )
     return {"results": results}

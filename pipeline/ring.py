@@ -194,6 +194,13 @@ class Backoff:
         else:
             self._idle_since = 0
 
+    def park(self) -> None:
+        """Skip the spinning and yielding: the next :meth:`idle` sleeps,
+        starting at ``sleep_min_us`` (for a caller that already spun and
+        yielded its own way)."""
+        self._idle_since = _now_ns() - self.yield_ns
+        self._sleep_s = self.sleep_min_s
+
     def idle(self) -> bool:
         """Wait a little. Returns True when in the sleeping phase (the waiter is parked)."""
         now = _now_ns()
@@ -838,9 +845,20 @@ class Consumer(RingView):
             batch = self.poll(max_records)
             self._window_records += len(batch)
             return batch
+        if self.at_end:
+            return EMPTY
         backoff = self._backoff
-        backoff.reset(busy=self._busy)
         deadline = None if timeout_s is None else now + int(timeout_s * 1e9)
+        if self._busy:
+            backoff.reset(busy=True)
+        elif self._watch_tail(now, deadline):
+            batch = self.poll(max_records)
+            self._window_records += len(batch)
+            return batch
+        elif deadline is not None and _now_ns() >= deadline:
+            return EMPTY
+        else:
+            backoff.park()
         while True:
             if backoff.idle():
                 if not self._parked:
@@ -860,6 +878,31 @@ class Consumer(RingView):
             hq[self._base + C_WAITING] = 0
         self._window_records += len(batch)
         return batch
+
+    def _watch_tail(self, now: int, deadline: int | None) -> bool:
+        """The latency regime's wait: spin for the backoff's ``spin_us``, then
+        yield the CPU until ``yield_us`` from ``now`` (or the deadline), reading
+        the tail word alone. True when records arrived.
+
+        A bare loop on purpose: with two waiters and the producer sharing two
+        cores, each turn of a waiter delays whoever shares its core, so a turn
+        is one load, one clock read and one ``sched_yield``."""
+        hq = self._hq
+        cursor = self._cursor
+        backoff = self._backoff
+        spin_end = now + backoff.spin_ns
+        yield_end = now + backoff.yield_ns
+        if deadline is not None and deadline < yield_end:
+            yield_end = deadline
+        clock = time.monotonic_ns
+        sched_yield = os.sched_yield
+        while hq[W_TAIL] == cursor:
+            t = clock()
+            if t >= spin_end:
+                if t >= yield_end:
+                    return False
+                sched_yield()
+        return True
 
     def advance(self, n: int) -> None:
         """Mark ``n`` more records consumed (the producer may now reuse their slots)."""

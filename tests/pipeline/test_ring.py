@@ -167,6 +167,48 @@ def test_close_lets_consumers_finish_then_end(make_ring) -> None:  # type: ignor
 
 
 @pytest.mark.unit
+def test_a_parked_waiter_is_flagged_and_sees_a_record_from_another_thread(make_ring) -> None:  # type: ignore[no-untyped-def]
+    ring = make_ring(capacity=64, consumers=("wal",))
+    p = ring_mod.Producer(ring.name)
+    c = ring_mod.Consumer(ring.name, "wal")
+
+    def publish_once_parked() -> None:
+        # The consumer spins, yields, then parks (sleeps) and flags its slot;
+        # only then does a record arrive.
+        wait_until(lambda: ring.consumers()[0].waiting, timeout_s=10, what="consumer parked")
+        p.publish(make_records(0, 3).view(V64))
+
+    t = threading.Thread(target=publish_once_parked)
+    t.start()
+    try:
+        got = c.wait(timeout_s=30)
+    finally:
+        t.join(timeout=30)
+    assert list(got["seq"]) == [0, 1, 2] and not c.busy
+    assert ring.consumers()[0].waiting is False  # cleared on the way out
+    c.advance(len(got))
+    # Nothing more: the wait times out with nothing, and not before its deadline.
+    start = time.monotonic()
+    assert len(c.wait(timeout_s=0.05)) == 0
+    assert time.monotonic() - start >= 0.05
+    c.close()
+    p.close()
+
+
+@pytest.mark.unit
+def test_wait_returns_what_was_published_before_the_close(make_ring) -> None:  # type: ignore[no-untyped-def]
+    ring = make_ring(capacity=64, consumers=("wal",))
+    p = ring_mod.Producer(ring.name)
+    c = ring_mod.Consumer(ring.name, "wal")
+    p.publish(make_records(0, 4).view(V64))
+    p.close()
+    assert list(c.wait(timeout_s=5)["seq"]) == [0, 1, 2, 3]
+    c.advance(4)
+    assert c.at_end and len(c.wait()) == 0  # no timeout needed: it ends
+    c.close()
+
+
+@pytest.mark.unit
 def test_attach_errors_name_the_ring_and_the_problem(make_ring, shm_name) -> None:  # type: ignore[no-untyped-def]
     ring = make_ring(capacity=64, consumers=("wal",))
     with pytest.raises(RingError, match=r"no consumer 'book'.*'wal'"):
@@ -210,6 +252,10 @@ def test_backoff_goes_from_spinning_to_sleeping() -> None:
     b.reset()
     assert b.idle() is False  # the first call only starts the clock
     assert b.idle() is True  # then it parks (sleeps), capped
+    b = ring_mod.Backoff(spin_us=1e6, yield_us=1e6, sleep_min_us=10, sleep_max_us=20)
+    b.reset()
+    b.park()  # a caller that spun and yielded its own way
+    assert b.idle() is True  # sleeps at once
 
 
 @pytest.mark.unit
