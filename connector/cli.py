@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -24,6 +25,8 @@ from pipeline.errors import PipelineError
 
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
+F = TypeVar("F", bound=Callable[..., Any])
+DATA_DIR_HELP = "Data directory (default: $CONNECTOR_PIPELINE_DATA_DIR, else ./data)."
 
 
 def _print_json(data: Any) -> None:
@@ -41,6 +44,34 @@ def _console(stderr: bool = False) -> Any:
 def _say(message: str) -> None:
     """Progress for humans, on stderr so ``--json`` output stays clean."""
     click.echo(message, err=True)
+
+
+def _json_option(what: str = "results") -> Callable[[F], F]:
+    """``--json`` (into ``as_json``): data on stdout for other tools."""
+    return click.option("--json", "as_json", is_flag=True, help=f"Print the {what} as JSON.")
+
+
+def _seconds_option(default: float, minimum: float, help: str) -> Callable[[F], F]:
+    return click.option(
+        "--seconds",
+        type=click.FloatRange(min=minimum),
+        default=default,
+        show_default=True,
+        help=help,
+    )
+
+
+def _dir_option(help: str) -> Callable[[F], F]:
+    """A benchmark's ``--dir`` (into ``directory``)."""
+    return click.option(
+        "--dir", "directory", type=click.Path(path_type=Path), default=None, help=help
+    )
+
+
+def _data_dir_option() -> Callable[[F], F]:
+    return click.option(
+        "--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP
+    )
 
 
 class _Failed(click.ClickException):
@@ -120,7 +151,7 @@ def main() -> None:
     show_default=True,
     help="Levels per side for --books.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_json_option("report")
 def replay(
     wal_dir: Path,
     action: str,
@@ -296,13 +327,7 @@ def bench() -> None:
 
 
 @bench.command("ring")
-@click.option(
-    "--seconds",
-    type=click.FloatRange(min=0.1),
-    default=1.0,
-    show_default=True,
-    help="Length of each measured phase.",
-)
+@_seconds_option(1.0, 0.1, "Length of each measured phase.")
 @click.option(
     "--batch",
     "batches",
@@ -310,7 +335,7 @@ def bench() -> None:
     multiple=True,
     help="Only these batch sizes (default: all).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@_json_option()
 def bench_ring(seconds: float, batches: tuple[str, ...], as_json: bool) -> None:
     """Shared-memory ring: producer + 2 gating consumers + 1 reader, each a process.
 
@@ -356,21 +381,9 @@ def bench_ring(seconds: float, batches: tuple[str, ...], as_json: bool) -> None:
 
 
 @bench.command("wal")
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Where to write (default: the data dir). The baseline writes in the same place.",
-)
+@_dir_option("Where to write (default: the data dir). The baseline writes in the same place.")
 @click.option("--keep", is_flag=True, help="Leave the WAL that was written for inspection.")
-@click.option(
-    "--seconds",
-    type=click.FloatRange(min=0.1),
-    default=3.0,
-    show_default=True,
-    help="Write for at most this long.",
-)
+@_seconds_option(3.0, 0.1, "Write for at most this long.")
 @click.option(
     "--mb",
     type=click.FloatRange(min=1),
@@ -385,7 +398,7 @@ def bench_ring(seconds: float, batches: tuple[str, ...], as_json: bool) -> None:
     show_default=True,
     help="Durability policy to measure.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@_json_option()
 def bench_wal(
     directory: Path | None, keep: bool, seconds: float, mb: float, fsync: str, as_json: bool
 ) -> None:
@@ -410,13 +423,7 @@ def bench_wal(
 
 
 @bench.command("pipeline")
-@click.option(
-    "--seconds",
-    type=click.FloatRange(min=1),
-    default=5.0,
-    show_default=True,
-    help="Length of each run.",
-)
+@_seconds_option(5.0, 1, "Length of each run.")
 @click.option(
     "--rate",
     type=click.FloatRange(min=1),
@@ -424,14 +431,8 @@ def bench_wal(
     show_default=True,
     help="Messages/s of the paced run.",
 )
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Where the runs' data dirs go (default: the data dir).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@_dir_option("Where the runs' data dirs go (default: the data dir).")
+@_json_option()
 def bench_pipeline(seconds: float, rate: float, directory: Path | None, as_json: bool) -> None:
     """The whole runtime: synthetic source at full speed -> ring -> book builder + WAL,
     then again at a paced rate for latency. Reports records/s persisted, drops,
@@ -454,13 +455,7 @@ def bench_pipeline(seconds: float, rate: float, directory: Path | None, as_json:
 
 
 @bench.command("decode")
-@click.option(
-    "--seconds",
-    type=click.FloatRange(min=0.5),
-    default=2.0,
-    show_default=True,
-    help="Time per message type.",
-)
+@_seconds_option(2.0, 0.5, "Time per message type.")
 @click.option(
     "--batch",
     type=click.IntRange(min=1),
@@ -468,7 +463,7 @@ def bench_pipeline(seconds: float, rate: float, directory: Path | None, as_json:
     show_default=True,
     help="Frames per decode call.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@_json_option()
 def bench_decode(seconds: float, batch: int, as_json: bool) -> None:
     """Venue decoders vs bare orjson.loads of the same messages (same run)."""
     from connector.bench import bench_decode as run_bench
@@ -490,21 +485,9 @@ def bench_decode(seconds: float, batch: int, as_json: bool) -> None:
 
 
 @bench.command("binance")
-@click.option(
-    "--seconds",
-    type=click.FloatRange(min=1.0),
-    default=5.0,
-    show_default=True,
-    help="Measured time of each side.",
-)
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Where the pipeline's temporary data dir goes (default: the system temp dir).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@_seconds_option(5.0, 1.0, "Measured time of each side.")
+@_dir_option("Where the pipeline's temporary data dir goes (default: the system temp dir).")
+@_json_option()
 def bench_binance(seconds: float, directory: Path | None, as_json: bool) -> None:
     """Binance simulator at full speed -> pipeline -> WAL, beside a plain
     websockets client that only receives and orjson.loads (same run)."""
@@ -521,14 +504,8 @@ def bench_binance(seconds: float, directory: Path | None, as_json: bool) -> None
 
 
 @bench.command("instruments")
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Data directory to write the benchmark universe into (default: a temporary one).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@_dir_option("Data directory to write the benchmark universe into (default: a temporary one).")
+@_json_option()
 def bench_instruments(directory: Path | None, as_json: bool) -> None:
     """Instrument store: WAL -> ready indexes for a ~91K-row universe, beside a plain read of the same bytes."""
     import tempfile
@@ -561,7 +538,7 @@ def verify_capture() -> None:
     show_default=True,
     help="Spot or USD-M futures sync rules (auto: from the capture).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_json_option("report")
 def verify_capture_binance(files: tuple[Path, ...], market: str, as_json: bool) -> None:
     """Check a Binance capture: every diff event through the sync state machine,
     every bookTicker against the book built from the diffs.
@@ -772,7 +749,6 @@ def simulate_binance(
 # ---------------------------------------------------------------------------
 # the runtime
 
-DATA_DIR_HELP = "Data directory (default: $CONNECTOR_PIPELINE_DATA_DIR, else ./data)."
 DEFAULT_CONFIG = Path("config/default.toml")
 
 
@@ -791,7 +767,7 @@ def _data_dir(option: Path | None) -> Path:
     show_default=True,
     help="TOML configuration (feeds, ring, WAL, books).",
 )
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@_data_dir_option()
 @click.option(
     "--duration",
     type=click.FloatRange(min=0.1),
@@ -917,7 +893,7 @@ def _all_ready(info: Any) -> bool:
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@_data_dir_option()
 @click.option(
     "--timeout",
     type=click.FloatRange(min=1),
@@ -934,8 +910,8 @@ def stop(data_dir: Path | None, timeout: float) -> None:
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_data_dir_option()
+@_json_option("report")
 def status(data_dir: Path | None, as_json: bool) -> None:
     """Processes (pid, restarts, CPU, memory), rings (tail, drops, consumer lag) and the WAL."""
     from pipeline import status as status_mod
@@ -1000,7 +976,7 @@ def _status_view(report: dict[str, Any], rates: dict[str, float] | None = None) 
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@_data_dir_option()
 @click.option(
     "--interval",
     type=click.FloatRange(min=0.2),
@@ -1050,7 +1026,7 @@ def monitor(data_dir: Path | None, interval: float, count: int | None) -> None:
 
 @main.command()
 @click.option("--feed", default=None, help="Which feed's ring (needed when the run has several).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
+@_data_dir_option()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
 @click.option(
     "--count", type=click.IntRange(min=1), default=None, help="Exit after this many records."
@@ -1122,8 +1098,8 @@ def _record_line(item: dict[str, Any]) -> str:
     show_default=True,
     help="Levels per side to show.",
 )
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help=DATA_DIR_HELP)
-@click.option("--json", "as_json", is_flag=True, help="Print the book as JSON.")
+@_data_dir_option()
+@_json_option("book")
 @click.option("--watch", is_flag=True, help="Keep refreshing (Ctrl-C to stop).")
 @click.option(
     "--feed", default=None, help="The feed the symbol belongs to, when several feeds have it."
