@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
 import logging
 import math
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -644,6 +647,7 @@ _PARAMS: dict[str, type | tuple[type, ...]] = {
     "symbols": list,
     "symbol_map": dict,
     "first_inst": int,
+    "instruments": str,
     "streams": list,
     "stream_path": str,
     "stream_paths": dict,
@@ -662,9 +666,18 @@ _PARAMS: dict[str, type | tuple[type, ...]] = {
 
 
 def config_from_params(name: str, params: Mapping[str, Any]) -> BinanceConfig:
-    """A BinanceConfig from a feed's ``params`` table (errors name the key)."""
+    """A BinanceConfig from a feed's ``params`` table (errors name the key).
+
+    Ids: ``symbol_map`` entries, then ``first_inst`` + position for the other
+    ``symbols`` (fixed ids); with ``instruments = "store"`` the factory has put
+    the instrument store's ids into ``symbol_map`` already."""
     check_params(params, _PARAMS, name)
     p = dict(params)
+    source = p.pop("instruments", "fixed")
+    if source not in ("fixed", "store"):
+        raise ConfigError(
+            f'feeds.{name}.params.instruments must be "fixed" or "store", got {source!r}'
+        )
     symbols = p.pop("symbols", [])
     symbol_map = dict(p.pop("symbol_map", {}))
     first = p.pop("first_inst", 1)
@@ -679,6 +692,76 @@ def config_from_params(name: str, params: Mapping[str, Any]) -> BinanceConfig:
     return BinanceConfig(name=name, symbol_map=symbol_map, **p)
 
 
+def store_symbol_ids(
+    feed: str, market: str, symbols: list[str], rest_url: str, data_dir: Path
+) -> dict[str, int]:
+    """``symbols`` -> the instrument store's dense ids (``BINANCE-SPOT:BTCUSDT``).
+
+    When the store holds no instruments of ``market`` yet, GET the market's
+    exchangeInfo from ``rest_url`` and store it first (as the instrument service
+    would). A symbol the store does not list as trading is a ConfigError that
+    names it: a feed never publishes under an id nobody can look up."""
+    from connector.instruments import store
+    from connector.instruments.binance_info import MARKETS, parse_exchange_info
+    from connector.instruments.model import BINANCE_EXCHANGE
+    from connector.instruments.service import exchange_info_urls, http_exchange_info_fetcher
+    from connector.instruments.universe import Universe
+    from pipeline import paths
+    from pipeline.errors import RetryableError, WalLockedError
+
+    venue = MARKETS[market]
+    snapshot = store.recover(paths.instruments_wal_dir(data_dir)).snapshot
+    if snapshot is None or venue.name.lower() not in snapshot.meta:
+        log.warning(
+            "%s: the instrument store holds no %s instruments: fetching exchangeInfo from %s",
+            feed,
+            market,
+            rest_url,
+        )
+        fetch = http_exchange_info_fetcher(exchange_info_urls({market: rest_url}))
+        table = parse_exchange_info(fetch(market), market)
+        now_ns = time.time_ns()
+        as_of = dt.datetime.fromtimestamp(now_ns / 1e9, dt.UTC).date()
+        try:
+            snapshot = store.refresh(data_dir, {venue: table}, as_of=as_of, now_ns=now_ns).snapshot
+        except WalLockedError as exc:  # the instruments service is writing: its snapshot will do
+            raise RetryableError(f"the instrument store is being written: {exc}") from None
+    universe = Universe.from_snapshot(snapshot)
+    exchange = BINANCE_EXCHANGE[venue]
+    ids = {s.upper(): universe.inst_of_symbol(exchange, s.upper()) for s in symbols}
+    missing = [s for s, inst in ids.items() if not inst]
+    if missing:
+        raise ConfigError(
+            f"feeds.{feed}: {', '.join(missing)} not listed as trading on {exchange} in the "
+            f"instrument store (version {snapshot.version}); check the symbols, or refresh the "
+            "store (the instruments service, or `connector-pipeline instruments import` of the "
+            "market's exchangeInfo)"
+        )
+    return ids
+
+
 def factory(params: Mapping[str, Any], context: AdapterContext) -> BinanceFeed:
-    """The adapter entry point: ``connector.binance.client:factory``."""
-    return BinanceFeed(config_from_params(context.feed, params))
+    """The adapter entry point: ``connector.binance.client:factory``.
+
+    With ``instruments = "store"`` the symbols take the instrument store's ids
+    (stable across restarts, shared with ``book`` and ``tail``); otherwise the
+    fixed ids of ``first_inst`` / ``symbol_map``."""
+    config = config_from_params(context.feed, params)  # every config error before any I/O
+    if params.get("instruments") == "store":
+        fixed = [k for k in ("first_inst", "symbol_map") if k in params]
+        if fixed:
+            raise ConfigError(
+                f"feeds.{context.feed}.params: {' and '.join(fixed)} gives fixed ids, "
+                'instruments = "store" takes them from the instrument store: use one'
+            )
+        ids = store_symbol_ids(
+            context.feed, config.market, list(config.symbol_map), config.rest_url, context.data_dir
+        )
+        log.info(
+            "%s: %d symbols from the instrument store, ids %s",
+            context.feed,
+            len(ids),
+            ", ".join(f"{s}={i}" for s, i in ids.items()),
+        )
+        config = dataclasses.replace(config, symbol_map=ids)
+    return BinanceFeed(config)
