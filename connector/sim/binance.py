@@ -63,7 +63,7 @@ import random
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -76,8 +76,8 @@ from websockets.http11 import Request, Response
 from connector.binance import capture
 from connector.binance.wire import INTERVAL_SECONDS
 from connector.sim import _http
+from connector.sim.faults import FaultSet, SimulatorError
 from pipeline import fixedpoint as fp
-from pipeline.errors import FatalError
 
 MARKETS: Final = ("spot", "usdm")
 MAX_STREAMS: Final = 1024
@@ -97,10 +97,6 @@ _OUTBOX_HIGH: Final = 1000
 """Frames queued on a connection above which an unpaced generator waits (rate=0)."""
 _OUTBOX_MAX: Final = 200_000
 """Frames queued on a connection above which it is dropped as a slow consumer (paced)."""
-
-
-class SimulatorError(FatalError):
-    """The simulator cannot start or was misconfigured (port busy, bad option, bad host)."""
 
 
 # ---------------------------------------------------------------------------
@@ -445,7 +441,7 @@ class SimBook:
 
 
 @dataclass
-class Faults:
+class Faults(FaultSet):
     """Fault probabilities, changeable at any time (``sim.faults.drop = 0.05``)."""
 
     drop: float = 0.0
@@ -463,52 +459,6 @@ class Faults:
     stall_seconds: float = 5.0
     rest_error: float = 0.0
     """Per REST request: HTTP 500."""
-
-    def __setattr__(self, name: str, value: float) -> None:
-        if (
-            not isinstance(value, (int, float))
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-        ):
-            raise SimulatorError(f"fault {name!r}: {value!r} is not a number")
-        if name != "stall_seconds" and not 0.0 <= value <= 1.0:
-            raise SimulatorError(f"fault {name!r}: probability {value} is not between 0 and 1")
-        if name == "stall_seconds" and value < 0:
-            raise SimulatorError(f"stall_seconds {value} is negative")
-        super().__setattr__(name, float(value))
-
-    @classmethod
-    def parse(cls, text: str) -> Faults:
-        """``"drop=0.01,duplicate=0.01"`` -> Faults; an unknown name is an error naming it."""
-        faults = cls()
-        faults.update(_parse_pairs(text))
-        return faults
-
-    def update(self, values: dict[str, str]) -> None:
-        """Set faults from name -> text (a query string, a CLI option)."""
-        names = {f.name for f in fields(self)}
-        for key, raw in values.items():
-            if key not in names:
-                raise SimulatorError(f"unknown fault {key!r} (known: {', '.join(sorted(names))})")
-            try:
-                value = float(raw)
-            except ValueError:
-                raise SimulatorError(f"fault {key!r}: {raw!r} is not a number") from None
-            setattr(self, key, value)
-
-    def as_dict(self) -> dict[str, float]:
-        """The current fault settings."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def _parse_pairs(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SimulatorError(f"fault {item!r} is not name=value")
-        out[key.strip()] = value.strip()
-    return out
 
 
 INJECTABLE: Final = ("drop", "duplicate", "reorder")

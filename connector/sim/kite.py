@@ -81,7 +81,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from connector.sim import _http
-from pipeline.errors import FatalError
+from connector.sim.faults import FaultSet, SimulatorError
 
 IST: Final = dt.timezone(dt.timedelta(hours=5, minutes=30), "IST")
 INDICES: Final = 9
@@ -106,10 +106,6 @@ DEFAULT_REDIRECT_URL: Final = "http://127.0.0.1:9/kite/redirect"
 _ws_log = logging.getLogger("connector.sim.kite.ws")
 # websockets logs handshake request lines at DEBUG; the ticker's carry access tokens.
 _ws_log.setLevel(logging.INFO)
-
-
-class SimulatorError(FatalError):
-    """The simulator cannot start or was misconfigured (port busy, bad option, bad host)."""
 
 
 # ---------------------------------------------------------------------------
@@ -514,7 +510,7 @@ def row_values(row: np.void) -> dict[str, Any]:
 
 
 @dataclass
-class Faults:
+class Faults(FaultSet):
     """Fault probabilities per tick interval (``sim.faults.disconnect = 0.01``)."""
 
     disconnect: float = 0.0
@@ -524,35 +520,6 @@ class Faults:
     stall_seconds: float = 5.0
     malformed: float = 0.0
     """A truncated frame or one with an unknown packet length goes to every connection."""
-
-    def __setattr__(self, name: str, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SimulatorError(f"fault {name!r}: {value!r} is not a number")
-        if not math.isfinite(value) or value < 0 or (name != "stall_seconds" and value > 1):
-            raise SimulatorError(f"fault {name!r}: {value} is out of range")
-        super().__setattr__(name, float(value))
-
-    @classmethod
-    def parse(cls, text: str) -> Faults:
-        """``"disconnect=0.001,malformed=0.01"`` -> Faults; unknown names are errors."""
-        faults = cls()
-        names = {f.name for f in fields(cls)}
-        for item in filter(None, (p.strip() for p in text.split(","))):
-            key, sep, value = item.partition("=")
-            key = key.strip()
-            if not sep or key not in names:
-                raise SimulatorError(
-                    f"fault {item!r}: expected name=value with a name in {sorted(names)}"
-                )
-            try:
-                setattr(faults, key, float(value))
-            except ValueError:
-                raise SimulatorError(f"fault {key!r}: {value!r} is not a number") from None
-        return faults
-
-    def as_dict(self) -> dict[str, float]:
-        """The current settings."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 MALFORMED_KINDS: Final = ("truncated", "unknown_length")
