@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,21 @@ def run_ingest(spec: RunSpec, feed_name: str) -> None:
         reporter.add(Counter.STATUS_RECORDS)
     reporter.state(State.READY)
     log.info("publishing to %s from seq %d", info.ring, sequencer.next_seq)
-    finished = asyncio.run(_pump(adapter, sequencer, feed.src, reporter, stop))
+    published = getattr(adapter, "instruments_version", 0)
+
+    def republish_instruments() -> None:
+        """An adapter whose instruments change while running (a new day's
+        contracts) bumps ``instruments_version``: readers get the new names."""
+        nonlocal published
+        version = getattr(adapter, "instruments_version", 0)
+        if version != published:
+            published = version
+            check_instrument_ids(feed.name, adapter.instruments(), max_instruments)
+            _write_instruments(spec, feed_name, adapter)
+
+    finished = asyncio.run(
+        _pump(adapter, sequencer, feed.src, reporter, stop, republish_instruments)
+    )
     reporter.state(State.DRAINING)
     sequencer.close()
     reporter.state(State.EXITED)
@@ -177,7 +192,12 @@ def run_ingest(spec: RunSpec, feed_name: str) -> None:
 
 
 async def _pump(
-    adapter: Any, sequencer: ring_mod.Sequencer, src: int, reporter: Reporter, stop: _Stop
+    adapter: Any,
+    sequencer: ring_mod.Sequencer,
+    src: int,
+    reporter: Reporter,
+    stop: _Stop,
+    on_beat: Callable[[], None] = lambda: None,
 ) -> bool:
     """Move batches from the adapter to the ring until the source ends (True) or a stop (False)."""
     producer = sequencer.producer
@@ -187,6 +207,7 @@ async def _pump(
         while True:
             producer.heartbeat()
             reporter.heartbeat()
+            on_beat()
             if stop.requested:
                 return
             await asyncio.sleep(HEARTBEAT_S)

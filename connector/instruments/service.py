@@ -316,15 +316,13 @@ _SERVICE_PARAMS: Final[dict[str, type | tuple[type, ...]]] = {
 }
 
 
-def parse_refresh_at(text: str) -> dt.time:
-    """``"HH:MM"`` (Asia/Kolkata wall time)."""
+def parse_refresh_at(text: str, key: str = "services.params.refresh_at") -> dt.time:
+    """``"HH:MM"`` (Asia/Kolkata wall time); a ConfigError naming ``key`` otherwise."""
     try:
         hour, minute = (int(x) for x in text.split(":"))
         return dt.time(hour, minute)
     except ValueError:
-        raise ConfigError(
-            f'services.params.refresh_at must be "HH:MM" (IST), got {text!r}'
-        ) from None
+        raise ConfigError(f'{key} must be "HH:MM" (IST), got {text!r}') from None
 
 
 def exchange_info_urls(binance: Mapping[str, Any]) -> dict[str, str]:

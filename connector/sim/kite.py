@@ -802,6 +802,10 @@ class KiteSimulator:
         self._started_s = loop.time()
         self._tasks = [loop.create_task(self._tick_loop(), name="kite-sim-ticks")]
 
+    async def subscribed_tokens(self) -> set[int]:
+        """Every token some ticker connection is subscribed to now (call on the simulator's loop)."""
+        return {token for conn in self._conns.values() for token in conn.modes}
+
     async def stop(self) -> None:
         """Close every connection and stop listening."""
         if self._stall_handle is not None:

@@ -44,7 +44,11 @@ from connector.feed import FeedConfig, ReconnectPolicy
 from connector.instruments import store
 from connector.instruments.kite_csv import parse_kite_csv
 from connector.instruments.model import InstrumentNotFoundError, Venue
-from connector.instruments.service import InstrumentFetchError, http_kite_csv_fetcher
+from connector.instruments.service import (
+    InstrumentFetchError,
+    http_kite_csv_fetcher,
+    parse_refresh_at,
+)
 from connector.instruments.subscribe import Resolution, SubscriptionSpec, resolve
 from connector.instruments.universe import IST, Universe
 from connector.zerodha.auth import (
@@ -269,6 +273,20 @@ class _Conn:
     closed_reason: str = ""
 
 
+RESOLVE_RETRY_S: Final = 300.0
+DEFAULT_RESOLVE_AT: Final = dt.time(8, 45)
+"""After the instrument service's daily refresh (08:00 IST), before the 09:15 open."""
+
+
+def seconds_until(at: dt.time, now: dt.datetime) -> float:
+    """Seconds from ``now`` (aware) to the next ``at`` IST (today's if still ahead)."""
+    local = now.astimezone(IST)
+    target = dt.datetime.combine(local.date(), at, tzinfo=IST)
+    if target <= local:
+        target = dt.datetime.combine(local.date() + dt.timedelta(days=1), at, tzinfo=IST)
+    return (target - local).total_seconds()
+
+
 class KiteFeed:
     """Kite ticker connections -> record batches (see the module docstring)."""
 
@@ -279,11 +297,23 @@ class KiteFeed:
         *,
         seed: int | None = None,
         clock: Callable[[], int] = time.time_ns,
+        resolver: Callable[[], Resolution] | None = None,
+        resolve_at: dt.time | None = None,
     ) -> None:
         self.config = config
         self.auth = auth
         self.seed = seed
         self.clock = clock
+        self.resolver = resolver
+        """Resolves the feed's ``subscribe`` again (blocking: run in a thread)."""
+        self.resolve_at = resolve_at
+        """Daily IST time at which :attr:`resolver` runs and the subscription follows it."""
+        self.resolve_retry_s = RESOLVE_RETRY_S
+        """After a failed resolution, try again this much later (until it works)."""
+        self.token_inst: dict[int, int] = config.token_map
+        self.names: dict[int, str] = dict(config.names)
+        self.instruments_version = 0
+        """Bumped whenever :meth:`instruments` changes (hosts re-publish it)."""
         self.decoder = TickerDecoder(config.token_map)
         self.counters: dict[str, int] = defaultdict(int)
         tokens = sorted(config.token_map)
@@ -307,8 +337,8 @@ class KiteFeed:
     def instruments(self) -> dict[int, str]:
         """inst -> ``EXCHANGE:SYMBOL`` when resolved through the instrument store, else the
         instrument token (as text)."""
-        names = self.config.names
-        return {inst: names.get(inst, str(token)) for token, inst in self.config.token_map.items()}
+        names = self.names
+        return {inst: names.get(inst, str(token)) for token, inst in self.token_inst.items()}
 
     # -- subscriptions while running ---------------------------------------------
 
@@ -361,10 +391,74 @@ class KiteFeed:
             if mine and conn.ws is not None:
                 await self._send(conn.ws, "mode", [mode, mine])
 
+    async def follow(self, resolution: Resolution) -> tuple[int, int]:
+        """Move the subscription to ``resolution`` (a new day's contracts): the
+        tokens get its ids and names, new ones are subscribed in their modes,
+        the ones it no longer lists are unsubscribed. Returns (added, removed)."""
+        old, new = set(self.modes), set(resolution.token_inst)
+        previous = self.token_inst
+        self.token_inst = dict(resolution.token_inst)
+        self.names = dict(resolution.names)
+        # Before any tick of a new token; the dropped ones keep their ids for
+        # the ticks still in flight when they are unsubscribed.
+        gone = {t: previous[t] for t in old - new if t in previous}
+        self.decoder.set_instruments({**gone, **self.token_inst})
+        await self.unsubscribe(sorted(old - new))
+        by_mode: dict[str, list[int]] = defaultdict(list)
+        for token in sorted(new - old):
+            by_mode[resolution.modes.get(token, self.config.mode_of(token))].append(token)
+        for mode, tokens in by_mode.items():
+            await self.subscribe(tokens, mode)
+        remoded: dict[str, list[int]] = defaultdict(list)
+        for token in sorted(new & old):
+            mode = resolution.modes.get(token, self.config.mode_of(token))
+            if self.modes.get(token) != mode:
+                remoded[mode].append(token)
+        for mode, tokens in remoded.items():
+            await self.set_mode(mode, tokens)
+        self.decoder.set_instruments({**gone, **self.token_inst})  # subscribe() remapped
+        self.instruments_version += 1
+        self.counters["resolutions"] += 1
+        log.info(
+            "%s: subscription follows the instrument store: +%d -%d tokens, %d in all",
+            self.config.name,
+            len(new - old),
+            len(old - new),
+            len(self.modes),
+        )
+        return len(new - old), len(old - new)
+
+    async def resolve_again(self) -> tuple[int, int]:
+        """Run :attr:`resolver` (in a thread) and :meth:`follow` what it gives."""
+        if self.resolver is None:
+            raise ValueError(f"{self.config.name}: no resolver (the feed has no subscribe)")
+        return await self.follow(await asyncio.to_thread(self.resolver))
+
+    async def _resolve_daily(self) -> None:
+        """At :attr:`resolve_at` IST each day: resolve again (after the instrument
+        service's morning refresh, before the open). A failure is logged, counted
+        and retried every :attr:`resolve_retry_s` until it works; the feed goes
+        on with the tokens it has meanwhile."""
+        assert self.resolve_at is not None
+        while True:
+            now = dt.datetime.fromtimestamp(self.clock() / 1e9, dt.UTC)
+            await asyncio.sleep(seconds_until(self.resolve_at, now))
+            while True:
+                try:
+                    await self.resolve_again()
+                    break
+                except Exception as exc:  # the feed goes on with today's tokens; say why
+                    self.counters["resolution_errors"] += 1
+                    log.error(
+                        "%s: resolving the subscription again failed: %s", self.config.name, exc
+                    )
+                    await asyncio.sleep(self.resolve_retry_s)
+            await asyncio.sleep(60)  # past the minute of resolve_at
+
     def _map_unknown(self, tokens: list[int]) -> None:
         """Tokens added at run time keep ``inst`` = token unless the config maps them."""
         if tokens:
-            mapping = dict(self.config.token_map)
+            mapping = dict(self.token_inst)
             for token in self.modes:
                 mapping.setdefault(token, token)
             self.decoder.set_instruments(mapping)
@@ -384,6 +478,8 @@ class KiteFeed:
         """Record batches until cancelled (or a fatal error, raised here)."""
         self._running = True
         self._tasks = [asyncio.ensure_future(self._run_conn(c)) for c in self.conns]
+        if self.resolver is not None and self.resolve_at is not None:
+            self._tasks.append(asyncio.ensure_future(self._resolve_daily()))
         try:
             while True:
                 if self._fatal is not None:
@@ -578,6 +674,7 @@ _PARAMS: dict[str, type | tuple[type, ...]] = {
     "first_inst": int,
     "subscribe": list,
     "max_inst": int,
+    "resolve_at": str,
     "mode": str,
     "modes": dict,
     "tokens_per_connection": int,
@@ -587,7 +684,7 @@ _PARAMS: dict[str, type | tuple[type, ...]] = {
     "reconnect_max_ms": (int, float),
     "silence_timeout_s": (int, float),
 }
-_NOT_FEED_CONFIG: Final = ("api_url", "login_url", "subscribe", "max_inst")
+_NOT_FEED_CONFIG: Final = ("api_url", "login_url", "subscribe", "max_inst", "resolve_at")
 
 
 def subscription_specs(name: str, params: Mapping[str, Any]) -> list[SubscriptionSpec]:
@@ -769,43 +866,57 @@ def factory(params: Mapping[str, Any], context: AdapterContext) -> KiteFeed:
     With ``subscribe`` the feed resolves its instruments through the instrument
     store in the data dir (downloading the dump itself if the store is empty);
     the chain's ATM uses the spot's live ``/quote/ltp`` when the API answers,
-    else the instruments dump's last prices.
+    else the instruments dump's last prices. It resolves again every day at
+    ``resolve_at`` (IST, default 08:45: after the instrument service's refresh,
+    before the open; ``"never"`` to keep the first day's tokens) and moves its
+    subscription to the new contracts.
     """
     credentials = env_credentials()
     api_url = str(params.get("api_url", DEFAULT_API_URL))
     login_url = str(params.get("login_url", DEFAULT_LOGIN_URL))
     resolution = None
+    resolver = None
+    resolve_at = None
     if "subscribe" in params:
         check_params(params, _PARAMS, context.feed)
         subscription_specs(context.feed, params)  # config errors before any I/O
-        now_ns = time.time_ns()
-        universe = load_universe(
-            context.data_dir,
-            api_url=api_url,
-            login_url=login_url,
-            credentials=credentials,
-            now_ns=now_ns,
-        )
-        as_of = dt.datetime.fromtimestamp(now_ns / 1e9, dt.UTC).astimezone(IST).date()
-        session = blocking_session(
-            context.data_dir, api_url=api_url, login_url=login_url, credentials=credentials
-        )
-        prices = spot_quotes(context.feed, params, universe, session, api_url)
-        resolution = resolve_subscriptions(context.feed, params, universe, as_of, prices)
+        when = str(params.get("resolve_at", DEFAULT_RESOLVE_AT.strftime("%H:%M")))
+        if when != "never":
+            resolve_at = parse_refresh_at(when, f"feeds.{context.feed}.params.resolve_at")
         limit = params.get("max_inst") or context.max_instruments
-        if limit is not None:
-            check_inst_limit(context.feed, resolution, int(limit))
-        version = 0 if universe.snapshot is None else universe.snapshot.version
-        for r in resolution.underlyings:
-            log.info("%s: %s", context.feed, r.summary())
-        log.info(
-            "%s: %d tokens from instruments v%d, ids %d..%d",
-            context.feed,
-            len(resolution.token_inst),
-            version,
-            min(resolution.token_inst.values()),
-            max(resolution.token_inst.values()),
-        )
+
+        def resolver() -> Resolution:
+            """``subscribe`` against the store as it is now (today's contracts and ATM)."""
+            now_ns = time.time_ns()
+            universe = load_universe(
+                context.data_dir,
+                api_url=api_url,
+                login_url=login_url,
+                credentials=credentials,
+                now_ns=now_ns,
+            )
+            as_of = dt.datetime.fromtimestamp(now_ns / 1e9, dt.UTC).astimezone(IST).date()
+            session = blocking_session(
+                context.data_dir, api_url=api_url, login_url=login_url, credentials=credentials
+            )
+            prices = spot_quotes(context.feed, params, universe, session, api_url)
+            resolved = resolve_subscriptions(context.feed, params, universe, as_of, prices)
+            if limit is not None:
+                check_inst_limit(context.feed, resolved, int(limit))
+            version = 0 if universe.snapshot is None else universe.snapshot.version
+            for r in resolved.underlyings:
+                log.info("%s: %s", context.feed, r.summary())
+            log.info(
+                "%s: %d tokens from instruments v%d, ids %d..%d",
+                context.feed,
+                len(resolved.token_inst),
+                version,
+                min(resolved.token_inst.values()),
+                max(resolved.token_inst.values()),
+            )
+            return resolved
+
+        resolution = resolver()
     config = config_from_params(context.feed, params, resolution)
     auth = LoginAuth(context.data_dir, credentials, login_url=login_url, api_url=api_url)
-    return KiteFeed(config, auth)
+    return KiteFeed(config, auth, resolver=resolver, resolve_at=resolve_at)

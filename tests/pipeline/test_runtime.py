@@ -580,3 +580,45 @@ def test_monitor_shows_the_live_rings_with_rates(tmp_path: Path, runs: list[Run]
     assert run.stop() == 0
     idle = CliRunner().invoke(main, ["monitor", "--data-dir", str(data), "--count", "1"])
     assert idle.exit_code == 0 and "not running" in idle.output
+
+
+@pytest.mark.system
+@pytest.mark.timeout(180)
+def test_an_adapter_whose_instruments_change_is_republished_for_readers(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    config = tmp_path / "renaming.toml"
+    trigger = tmp_path / "next-day"
+    config.write_text(
+        f"""
+[book]
+max_instruments = 1024
+
+[[feeds]]
+name = "renaming"
+adapter = "tests.pipeline.renaming_adapter:factory"
+[feeds.params]
+instruments = 5
+first_inst = 11
+rate = 2000
+rename_when = "{trigger}"
+"""
+    )
+    data_dir = tmp_path / "data"
+    run = Run(config, data_dir)
+    runs.append(run)
+    published = paths.run_dir(data_dir) / "instruments" / "renaming.json"
+
+    def names() -> dict[str, str] | None:
+        try:
+            return dict(json.loads(published.read_bytes()))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    run.wait_ready()
+    first = names()
+    assert first == {str(i): f"SYN{i:05d}" for i in range(11, 16)}
+    trigger.touch()
+    renamed = {i: f"NEXTDAY:{n}" for i, n in first.items()}
+    wait_until(lambda: names() == renamed, 30, "the new names published")
+    assert run.stop() == 0, run.output()

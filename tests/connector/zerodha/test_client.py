@@ -26,6 +26,8 @@ from connector.zerodha.client import (
     LoginAuth,
     StaticAuth,
     config_from_params,
+    factory,
+    seconds_until,
 )
 from connector.zerodha.errors import KiteAuthError
 from pipeline import paths, wal
@@ -275,6 +277,64 @@ def test_config_from_params() -> None:
         config_from_params("kite", {"ws_url": "ws://x", "tokens": [1], "mode": "fast"})
     with pytest.raises(ConfigError, match="at most 9000"):
         config_from_params("kite", {"ws_url": "ws://x", "tokens": list(range(1, 9002))})
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("now_ist", "expected_s"),
+    [
+        ("2026-12-07T08:00:00", 45 * 60),  # later today
+        ("2026-12-07T08:45:00", 24 * 3600),  # the minute itself has been: tomorrow's
+        ("2026-12-07T09:00:00", 23 * 3600 + 45 * 60),  # tomorrow
+        ("2026-12-31T23:59:30", 8 * 3600 + 45 * 60 + 30),  # across a year
+    ],
+)
+def test_seconds_until_the_next_resolution(now_ist: str, expected_s: float) -> None:
+    now = dt.datetime.fromisoformat(now_ist).replace(tzinfo=IST).astimezone(dt.UTC)
+    assert seconds_until(dt.time(8, 45), now) == expected_s
+
+
+@pytest.mark.unit
+def test_follow_maps_new_tokens_keeps_dropped_ones_ids_and_moves_modes() -> None:
+    from connector.instruments.subscribe import Resolution
+    from tests.connector.zerodha.kite_encoder import WirePacket, encode_frame, encode_packet
+
+    cfg = config_from_params(
+        "kite", {"ws_url": "ws://127.0.0.1:1", "tokens": [101, 102, 103], "first_inst": 1}
+    )
+    now = dt.datetime.now(dt.UTC)
+    session = Session("u", "", "k", "t", "", now, session_expiry(now), "http://127.0.0.1:1")
+    feed = KiteFeed(cfg, StaticAuth(session))  # not started: no connection is opened
+    nextday = Resolution(
+        underlyings=(),
+        token_inst={102: 2, 103: 3, 104: 7},
+        modes={103: "ltp"},
+        names={2: "NFO:B", 3: "NFO:C", 7: "NFO:D"},
+    )
+    assert asyncio.run(feed.follow(nextday)) == (1, 1)  # +104, -101
+    assert feed.modes == {102: "full", 103: "ltp", 104: "full"}
+    assert feed.instruments() == {2: "NFO:B", 3: "NFO:C", 7: "NFO:D"}
+    assert feed.instruments_version == 1
+    # A tick of the dropped token still in flight keeps its old id; the new one has its id.
+    frame = encode_frame(
+        [encode_packet(WirePacket(length=8, token=t, last_price=100)) for t in (101, 104)]
+    )
+    assert feed.decoder.decode(frame, 0)["inst"].tolist() == [1, 7]
+
+
+@pytest.mark.unit
+def test_resolve_at_is_checked_before_any_io(tmp_path: Path) -> None:
+    from pipeline.adapter import AdapterContext
+
+    params = {
+        "ws_url": "ws://127.0.0.1:1",
+        "api_url": "http://127.0.0.1:1",
+        "subscribe": [{"underlying": "NIFTY", "spot": True}],
+    }
+    context = AdapterContext("zerodha", 3, tmp_path / "nothing-here")
+    with pytest.raises(ConfigError, match=r'feeds\.zerodha\.params\.resolve_at must be "HH:MM"'):
+        factory({**params, "resolve_at": "quarter to nine"}, context)
+    assert not (tmp_path / "nothing-here").exists()
 
 
 @pytest.mark.system

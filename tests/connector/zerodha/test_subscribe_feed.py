@@ -142,6 +142,101 @@ def test_subscribe_resolves_through_the_store_and_records_flow_with_stable_ids(
         assert again.config.token_map == tokens
 
 
+def test_the_subscription_follows_a_new_resolution(tmp_path: Path) -> None:
+    """What the daily re-resolution does (here with another underlying standing
+    for the next day's contracts): the venue gets the new tokens and loses the
+    old ones, records carry the new ids, readers get the new names."""
+    with running_sims(scale=SCALE) as sims:
+        sims.cache_session(tmp_path)
+        refresh_store(sims, tmp_path)
+        feed = factory(feed_params(sims), AdapterContext("zerodha", 3, tmp_path))
+        assert feed.resolver is not None and feed.resolve_at == dt.time(8, 45)
+        first = dict(feed.token_inst)
+        as_of = sims.kite.clock().astimezone(IST).date()
+        bank_params = feed_params(
+            sims,
+            subscribe=[{"underlying": "BANKNIFTY", "spot": True, "futures": 1, "chain_range": 1}],
+        )
+        nextday = resolve_subscriptions(
+            "zerodha", bank_params, stored_universe(tmp_path), as_of, {}
+        )
+        assert not set(nextday.token_inst) & set(first)
+        feed.resolver = lambda: nextday
+
+        async def run() -> tuple[tuple[int, int], set[int], set[int]]:
+            stream = cast(AsyncGenerator[Records, None], feed.records())
+            seen: set[int] = set()
+
+            async def read_until(insts: set[int]) -> None:
+                async for batch in stream:
+                    seen.update(batch[batch["kind"] != Kind.STATUS]["inst"].tolist())
+                    if insts <= seen:
+                        return
+
+            try:
+                await asyncio.wait_for(read_until(set(first.values())), 20)
+                moved = await feed.resolve_again()
+                seen.clear()
+                await asyncio.wait_for(read_until(set(nextday.token_inst.values())), 20)
+                venue = await asyncio.wrap_future(
+                    asyncio.run_coroutine_threadsafe(sims.kite.subscribed_tokens(), sims.loop)
+                )
+            finally:
+                await stream.aclose()
+            return moved, venue, seen
+
+        moved, venue, seen = asyncio.run(run())
+        assert moved == (len(nextday.token_inst), len(first))
+        assert venue == set(nextday.token_inst)
+        assert set(nextday.token_inst.values()) <= seen
+        # Ticks of the dropped tokens still in flight keep their ids: no record
+        # falls back to a raw token.
+        assert seen <= set(first.values()) | set(nextday.token_inst.values())
+        assert feed.instruments() == dict(nextday.names)
+        assert feed.instruments_version == 1
+
+
+def test_the_daily_resolution_runs_at_its_time_and_retries_a_failure(tmp_path: Path) -> None:
+    with running_sims(scale=SCALE) as sims:
+        sims.cache_session(tmp_path)
+        refresh_store(sims, tmp_path)
+        feed = factory(
+            feed_params(sims, resolve_at="08:45"), AdapterContext("zerodha", 3, tmp_path)
+        )
+        resolution = feed.resolver() if feed.resolver is not None else None
+        assert resolution is not None
+        # The feed's clock says 08:44:59.7 IST: the resolution is 0.3 s away.
+        at = dt.datetime.combine(dt.date(2026, 12, 7), dt.time(8, 45), tzinfo=IST)
+        feed.clock = lambda: int(at.timestamp() * 1e9) - 300_000_000
+        feed.resolve_retry_s = 0.05
+        attempts: list[int] = []
+
+        def flaky() -> Any:
+            attempts.append(len(attempts))
+            if len(attempts) == 1:
+                raise OSError("the instrument store is being written")
+            return resolution
+
+        feed.resolver = flaky
+
+        async def run() -> None:
+            stream = cast(AsyncGenerator[Records, None], feed.records())
+
+            async def until_followed() -> None:
+                async for _batch in stream:
+                    if feed.instruments_version:
+                        return
+
+            try:
+                await asyncio.wait_for(until_followed(), 20)
+            finally:
+                await stream.aclose()
+
+        asyncio.run(run())
+        assert len(attempts) == 2 and feed.counters["resolution_errors"] == 1
+        assert feed.instruments_version == 1 and feed.counters["resolutions"] == 1
+
+
 def test_an_empty_store_is_filled_by_the_feed_with_its_session(tmp_path: Path) -> None:
     with running_sims(scale=SCALE) as sims:
         sims.cache_session(tmp_path)
