@@ -1107,7 +1107,9 @@ def _record_line(item: dict[str, Any]) -> str:
 def book(
     symbol: str, depth: int, data_dir: Path | None, as_json: bool, watch: bool, feed: str | None
 ) -> None:
-    """Show the live L2 book of SYMBOL (or of an instrument id) from the shared book table."""
+    """Show the live L2 book of SYMBOL from the shared book table: a symbol as a
+    feed publishes it, an instrument id, or an instrument store key
+    (NSE:INFY, BINANCE-USDM:BTCUSDT)."""
     import time
 
     from pipeline import book as book_mod
@@ -1148,13 +1150,40 @@ def _resolve_instrument(root: Path, symbol: str, feed: str | None = None) -> int
         return next(iter(found.values()))
     if len(found) > 1:
         raise _Failed(
-            f"{symbol} is on several feeds ({', '.join(sorted(found))}): choose one with --feed"
+            f"{symbol} is on several feeds ({', '.join(sorted(found))}): choose one with --feed "
+            "(or name it by its instrument store key, e.g. BINANCE-USDM:BTCUSDT)"
         )
     if symbol.isdigit():
         return int(symbol)
+    if ":" in symbol:
+        return _store_instrument(root, symbol, folder)
     raise _Failed(
-        f"unknown symbol {symbol!r} (not published by any feed of this run; an instrument id also works)"
+        f"unknown symbol {symbol!r} (not published by any feed of this run; an instrument id "
+        "or an instrument store key like BINANCE-SPOT:BTCUSDT also works)"
     )
+
+
+def _store_instrument(root: Path, key: str, published: Path) -> int:
+    """``EXCHANGE:SYMBOL`` (``NSE:INFY``, ``BINANCE-USDM:BTCUSDT``) through the
+    instrument store, when a feed of this run publishes that id."""
+    from connector.instruments import store
+    from connector.instruments.model import InstrumentNotFoundError
+    from connector.instruments.universe import Universe
+    from pipeline import paths
+
+    snapshot = store.recover(paths.instruments_wal_dir(root)).snapshot
+    if snapshot is None:
+        raise _Failed(
+            f"unknown symbol {key!r}, and {root} has no instrument store to look it up in"
+        )
+    try:
+        inst = Universe.from_snapshot(snapshot).by_exchange_symbol(key).inst
+    except InstrumentNotFoundError as exc:
+        raise _Failed(f"unknown symbol {key!r}: {exc}") from None
+    for path in sorted(published.glob("*.json")) if published.is_dir() else []:
+        if str(inst) in orjson.loads(path.read_bytes()):
+            return inst
+    raise _Failed(f"{key} is instrument {inst} in the store, but no feed of this run publishes it")
 
 
 def _show_book(table: Any, inst: int, symbol: str, depth: int, as_json: bool) -> None:

@@ -316,3 +316,49 @@ def test_bench_decode_json_contract() -> None:
         assert row["ratio"] == pytest.approx(
             row["msgs_per_s"] / row["baseline_msgs_per_s"], rel=0.01
         )
+
+
+@pytest.mark.unit
+def test_book_symbol_through_the_instrument_store(tmp_path: Path) -> None:
+    """``book BINANCE-USDM:BTCUSDT`` finds the id in the store when a feed of the
+    run publishes it under its bare symbol; a key the run does not publish, or the
+    store does not list, is an error saying which."""
+    import datetime as dt
+
+    import orjson
+
+    from connector.cli import _Failed, _resolve_instrument
+    from connector.instruments import store
+    from connector.instruments.binance_info import parse_exchange_info
+    from connector.instruments.model import Venue
+    from connector.sim.binance import exchange_info, make_specs
+    from pipeline import paths
+
+    tables = {
+        venue: parse_exchange_info(
+            orjson.dumps(exchange_info(market, make_specs(market, ["BTCUSDT", "ETHUSDT"]), 1200)),
+            market,
+        )
+        for venue, market in ((Venue.BINANCE_SPOT, "spot"), (Venue.BINANCE_USDM, "usdm"))
+    }
+    snap = store.refresh(tmp_path, tables, as_of=dt.date(2026, 12, 7), now_ns=1).snapshot
+    from connector.instruments.universe import Universe
+
+    universe = Universe.from_snapshot(snap)
+    spot = universe.inst_of_symbol("BINANCE-SPOT", "BTCUSDT")
+    usdm = universe.inst_of_symbol("BINANCE-USDM", "BTCUSDT")
+    published = paths.run_dir(tmp_path) / "instruments"
+    published.mkdir(parents=True)
+    # Both feeds publish BTCUSDT: the bare symbol is ambiguous, the store key is not.
+    (published / "binance-spot.json").write_bytes(orjson.dumps({str(spot): "BTCUSDT"}))
+    (published / "binance-usdm.json").write_bytes(orjson.dumps({str(usdm): "BTCUSDT"}))
+    with pytest.raises(_Failed, match="on several feeds"):
+        _resolve_instrument(tmp_path, "BTCUSDT")
+    assert _resolve_instrument(tmp_path, "BINANCE-USDM:BTCUSDT") == usdm != spot
+    assert _resolve_instrument(tmp_path, "binance-spot:BTCUSDT") == spot
+    with pytest.raises(
+        _Failed, match=r"BINANCE-SPOT:ETHUSDT is instrument \d+ in the store, but no feed"
+    ):
+        _resolve_instrument(tmp_path, "BINANCE-SPOT:ETHUSDT")
+    with pytest.raises(_Failed, match="no listed instrument BINANCE-SPOT:DOGEUSDT"):
+        _resolve_instrument(tmp_path, "BINANCE-SPOT:DOGEUSDT")
