@@ -96,10 +96,10 @@ def _setup(spec: RunSpec, name: str) -> tuple[Reporter, _Stop]:
     return Reporter(table, name), stop
 
 
-def _fail(reporter: Reporter, exc: BaseException) -> None:
+def _fail(reporter: Reporter, exc: BaseException, doing: str = "cannot start") -> None:
     message = str(exc) or type(exc).__name__
     reporter.fail(message)
-    log.error("cannot start: %s", message)
+    log.error("%s: %s", doing, message)
     sys.exit(EXIT_CONFIG if isinstance(exc, ConfigError) else 1)
 
 
@@ -178,9 +178,15 @@ def run_ingest(spec: RunSpec, feed_name: str) -> None:
             check_instrument_ids(feed.name, adapter.instruments(), max_instruments)
             _write_instruments(spec, feed_name, adapter)
 
-    finished = asyncio.run(
-        _pump(adapter, sequencer, feed.src, reporter, stop, republish_instruments)
-    )
+    try:
+        finished = asyncio.run(
+            _pump(adapter, sequencer, feed.src, reporter, stop, republish_instruments)
+        )
+    except (
+        ConfigError
+    ) as exc:  # e.g. new instrument ids beyond the book table: stop the run, say why
+        _fail(reporter, exc, "stopping")
+        return
     reporter.state(State.DRAINING)
     sequencer.close()
     reporter.state(State.EXITED)
@@ -228,8 +234,9 @@ async def _pump(
     for task in (beat_task, pump_task):
         task.cancel()
     await asyncio.gather(beat_task, pump_task, return_exceptions=True)
-    if pump_task in done and pump_task.exception() is not None:
-        raise pump_task.exception()  # type: ignore[misc]
+    for task in (pump_task, beat_task):  # neither the adapter's failure nor the host's is silent
+        if task in done and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
     reporter.set(Counter.DROPPED, producer.stats().dropped)
     return finished
 

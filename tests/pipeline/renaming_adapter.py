@@ -1,7 +1,8 @@
 """An adapter for the runtime tests whose instruments change while it runs
 (as a Kite feed's do when it follows a new day's contracts): the synthetic
 source, renamed once the file ``rename_when`` exists, with
-``instruments_version`` bumped so the host re-publishes the names for readers."""
+``instruments_version`` bumped so the host re-publishes the names for readers
+(the ids moved by ``shift_ids``, to try ids beyond the book table)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ class Renaming:
     def __init__(self, params: Mapping[str, Any], context: AdapterContext) -> None:
         p = dict(params)
         self.rename_when = Path(p.pop("rename_when"))
+        self.shift = int(p.pop("shift_ids", 0))
         self.source = synthetic_factory(p, context)
         self.instruments_version = 0
 
     def instruments(self) -> dict[int, str]:
         names = self.source.instruments()
         if self.instruments_version:
-            return {i: f"NEXTDAY:{n}" for i, n in names.items()}
+            return {i + self.shift: f"NEXTDAY:{n}" for i, n in names.items()}
         return names
 
     async def records(self) -> AsyncIterator[Records]:

@@ -622,3 +622,35 @@ rename_when = "{trigger}"
     renamed = {i: f"NEXTDAY:{n}" for i, n in first.items()}
     wait_until(lambda: names() == renamed, 30, "the new names published")
     assert run.stop() == 0, run.output()
+
+
+@pytest.mark.system
+@pytest.mark.timeout(180)
+def test_new_instrument_ids_beyond_the_book_table_stop_the_run_and_say_why(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    config = tmp_path / "renaming.toml"
+    trigger = tmp_path / "next-day"
+    config.write_text(
+        f"""
+[book]
+max_instruments = 1024
+
+[[feeds]]
+name = "renaming"
+adapter = "tests.pipeline.renaming_adapter:factory"
+[feeds.params]
+instruments = 5
+first_inst = 11
+rate = 2000
+rename_when = "{trigger}"
+shift_ids = 5000
+"""
+    )
+    run = Run(config, tmp_path / "data")
+    runs.append(run)
+    run.wait_ready()
+    trigger.touch()
+    assert run.wait(60) != 0
+    output = run.output()
+    assert "renaming failed" in output and "the book table has 1024 slots" in output, output
