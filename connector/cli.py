@@ -1139,13 +1139,12 @@ def _resolve_instrument(root: Path, symbol: str, feed: str | None = None) -> int
     from pipeline import paths
 
     folder = paths.run_dir(root) / "instruments"
-    found: dict[str, int] = {}
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if feed is not None and path.stem != feed:
-            continue
-        for inst, name in orjson.loads(path.read_bytes()).items():
-            if name == symbol:
-                found[path.stem] = int(inst)
+    published = {  # feed -> {inst: name}, as the run's feeds published them
+        path.stem: {int(i): n for i, n in orjson.loads(path.read_bytes()).items()}
+        for path in (sorted(folder.glob("*.json")) if folder.is_dir() else [])
+        if feed is None or path.stem == feed
+    }
+    found = {f: i for f, names in published.items() for i, n in names.items() if n == symbol}
     if len(found) == 1:
         return next(iter(found.values()))
     if len(found) > 1:
@@ -1156,16 +1155,20 @@ def _resolve_instrument(root: Path, symbol: str, feed: str | None = None) -> int
     if symbol.isdigit():
         return int(symbol)
     if ":" in symbol:
-        return _store_instrument(root, symbol, folder)
+        inst = _store_instrument(root, symbol)
+        if any(inst in names for names in published.values()):
+            return inst
+        raise _Failed(
+            f"{symbol} is instrument {inst} in the store, but no feed of this run publishes it"
+        )
     raise _Failed(
         f"unknown symbol {symbol!r} (not published by any feed of this run; an instrument id "
         "or an instrument store key like BINANCE-SPOT:BTCUSDT also works)"
     )
 
 
-def _store_instrument(root: Path, key: str, published: Path) -> int:
-    """``EXCHANGE:SYMBOL`` (``NSE:INFY``, ``BINANCE-USDM:BTCUSDT``) through the
-    instrument store, when a feed of this run publishes that id."""
+def _store_instrument(root: Path, key: str) -> int:
+    """The store's id of ``EXCHANGE:SYMBOL`` (``NSE:INFY``, ``BINANCE-USDM:BTCUSDT``)."""
     from connector.instruments import store
     from connector.instruments.model import InstrumentNotFoundError
     from connector.instruments.universe import Universe
@@ -1177,13 +1180,9 @@ def _store_instrument(root: Path, key: str, published: Path) -> int:
             f"unknown symbol {key!r}, and {root} has no instrument store to look it up in"
         )
     try:
-        inst = Universe.from_snapshot(snapshot).by_exchange_symbol(key).inst
+        return Universe.from_snapshot(snapshot).by_exchange_symbol(key).inst
     except InstrumentNotFoundError as exc:
         raise _Failed(f"unknown symbol {key!r}: {exc}") from None
-    for path in sorted(published.glob("*.json")) if published.is_dir() else []:
-        if str(inst) in orjson.loads(path.read_bytes()):
-            return inst
-    raise _Failed(f"{key} is instrument {inst} in the store, but no feed of this run publishes it")
 
 
 def _show_book(table: Any, inst: int, symbol: str, depth: int, as_json: bool) -> None:

@@ -842,9 +842,7 @@ class Consumer(RingView):
             if self._busy and avail < min(self.busy_batch, max_records) and not hq[W_CLOSED]:
                 _tighten_timer_slack()
                 time.sleep(self._backoff.busy_sleep_s)  # let the batch grow
-            batch = self.poll(max_records)
-            self._window_records += len(batch)
-            return batch
+            return self._take(max_records)
         if self.at_end:
             return EMPTY
         backoff = self._backoff
@@ -852,9 +850,7 @@ class Consumer(RingView):
         if self._busy:
             backoff.reset(busy=True)
         elif self._watch_tail(now, deadline):
-            batch = self.poll(max_records)
-            self._window_records += len(batch)
-            return batch
+            return self._take(max_records)
         elif deadline is not None and _now_ns() >= deadline:
             return EMPTY
         else:
@@ -876,6 +872,12 @@ class Consumer(RingView):
         if self._parked:
             self._parked = False
             hq[self._base + C_WAITING] = 0
+        self._window_records += len(batch)
+        return batch
+
+    def _take(self, max_records: int) -> Records:
+        """:meth:`poll`, counted into the arrival-rate window of :meth:`wait`."""
+        batch = self.poll(max_records)
         self._window_records += len(batch)
         return batch
 

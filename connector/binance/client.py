@@ -703,29 +703,25 @@ def store_symbol_ids(
     names it: a feed never publishes under an id nobody can look up."""
     from connector.instruments import store
     from connector.instruments.binance_info import MARKETS, parse_exchange_info
-    from connector.instruments.model import BINANCE_EXCHANGE
+    from connector.instruments.model import BINANCE_EXCHANGE, InstrumentTable
     from connector.instruments.service import exchange_info_urls, http_exchange_info_fetcher
     from connector.instruments.universe import Universe
-    from pipeline import paths
-    from pipeline.errors import RetryableError, WalLockedError
 
     venue = MARKETS[market]
-    snapshot = store.recover(paths.instruments_wal_dir(data_dir)).snapshot
-    if snapshot is None or venue.name.lower() not in snapshot.meta:
+
+    def fetch() -> InstrumentTable:
         log.warning(
             "%s: the instrument store holds no %s instruments: fetching exchangeInfo from %s",
             feed,
             market,
             rest_url,
         )
-        fetch = http_exchange_info_fetcher(exchange_info_urls({market: rest_url}))
-        table = parse_exchange_info(fetch(market), market)
-        now_ns = time.time_ns()
-        as_of = dt.datetime.fromtimestamp(now_ns / 1e9, dt.UTC).date()
-        try:
-            snapshot = store.refresh(data_dir, {venue: table}, as_of=as_of, now_ns=now_ns).snapshot
-        except WalLockedError as exc:  # the instruments service is writing: its snapshot will do
-            raise RetryableError(f"the instrument store is being written: {exc}") from None
+        get = http_exchange_info_fetcher(exchange_info_urls({market: rest_url}))
+        return parse_exchange_info(get(market), market)
+
+    now_ns = time.time_ns()
+    as_of = dt.datetime.fromtimestamp(now_ns / 1e9, dt.UTC).date()
+    snapshot = store.snapshot_with(data_dir, venue, fetch, as_of=as_of, now_ns=now_ns)
     universe = Universe.from_snapshot(snapshot)
     exchange = BINANCE_EXCHANGE[venue]
     ids = {s.upper(): universe.inst_of_symbol(exchange, s.upper()) for s in symbols}

@@ -39,7 +39,7 @@ from connector.instruments.model import (
 )
 from connector.instruments.snapshot import Snapshot
 from pipeline import paths, wal
-from pipeline.errors import WalError
+from pipeline.errors import RetryableError, WalError, WalLockedError
 
 log = logging.getLogger("connector.instruments")
 
@@ -446,3 +446,27 @@ def refresh(
     finally:
         writer.close()
     return RefreshResult(new, report, tuple(recovered.warnings), size, tuple(pruned))
+
+
+def snapshot_with(
+    data_dir: Path | str,
+    venue: Venue,
+    fetch: Callable[[], InstrumentTable],
+    *,
+    as_of: dt.date,
+    now_ns: int,
+) -> Snapshot:
+    """The stored universe, holding ``venue``: when it does not yet (no
+    instrument service ran), ``fetch()`` the venue's table and store it first,
+    as the service would. A feed calls this at start. If another process is
+    writing the store meanwhile, a RetryableError: its snapshot will do."""
+    snapshot = recover(paths.instruments_wal_dir(Path(data_dir))).snapshot
+    if snapshot is not None and venue.name.lower() in snapshot.meta:
+        return snapshot
+    table = fetch()
+    try:
+        result = refresh(data_dir, {venue: table}, as_of=as_of, now_ns=now_ns)
+    except WalLockedError as exc:
+        raise RetryableError(f"the instrument store is being written: {exc}") from None
+    log.info("%s", result.report.summary())
+    return result.snapshot

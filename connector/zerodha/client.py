@@ -43,7 +43,7 @@ from connector.aio import cancel_all, wait_event, with_timeout
 from connector.feed import FeedConfig, ReconnectPolicy
 from connector.instruments import store
 from connector.instruments.kite_csv import parse_kite_csv
-from connector.instruments.model import InstrumentNotFoundError, Venue
+from connector.instruments.model import InstrumentNotFoundError, InstrumentTable, Venue
 from connector.instruments.service import (
     InstrumentFetchError,
     http_kite_csv_fetcher,
@@ -64,10 +64,10 @@ from connector.zerodha.auth import (
 )
 from connector.zerodha.errors import KiteAuthError, MissingCredentials
 from connector.zerodha.ticker import KiteFrameError, TickerDecoder, parse_text
-from pipeline import fixedpoint, paths
+from pipeline import fixedpoint
 from pipeline import record as rec
 from pipeline.adapter import AdapterContext, check_params
-from pipeline.errors import ConfigError, FatalError, PipelineError, RetryableError, WalLockedError
+from pipeline.errors import ConfigError, FatalError, PipelineError, RetryableError
 from pipeline.record import Records, StatusReason
 
 log = logging.getLogger("connector.zerodha")
@@ -769,33 +769,29 @@ def load_universe(
 ) -> Universe:
     """The instrument store's universe; when the store holds no Kite instruments yet,
     download the dump with the feed's session and store it (dense ids from then on)."""
-    recovered = store.recover(paths.instruments_wal_dir(data_dir))
-    snapshot = recovered.snapshot
-    if snapshot is not None and "kite" in snapshot.meta:
-        return Universe.from_snapshot(snapshot)
-    session = blocking_session(
-        data_dir, api_url=api_url, login_url=login_url, credentials=credentials
-    )
-    if session is None:
-        raise KiteAuthError(
-            f"the instrument store in {data_dir} holds no Kite instruments, and there is no "
-            "Zerodha session to download them: set ZERODHA_*, run `connector-pipeline login "
-            "zerodha`, or run the instruments service first"
+
+    def download() -> InstrumentTable:
+        session = blocking_session(
+            data_dir, api_url=api_url, login_url=login_url, credentials=credentials
         )
-    log.warning(
-        "the instrument store holds no Kite instruments: downloading %s/instruments", api_url
-    )
-    fetch = http_kite_csv_fetcher(
-        f"{api_url.rstrip('/')}/instruments", lambda: session.authorization
-    )
-    table = parse_kite_csv(fetch())
+        if session is None:
+            raise KiteAuthError(
+                f"the instrument store in {data_dir} holds no Kite instruments, and there is no "
+                "Zerodha session to download them: set ZERODHA_*, run `connector-pipeline login "
+                "zerodha`, or run the instruments service first"
+            )
+        log.warning(
+            "the instrument store holds no Kite instruments: downloading %s/instruments", api_url
+        )
+        fetch = http_kite_csv_fetcher(
+            f"{api_url.rstrip('/')}/instruments", lambda: session.authorization
+        )
+        return parse_kite_csv(fetch())
+
     as_of = dt.datetime.fromtimestamp(now_ns / 1e9, dt.UTC).astimezone(IST).date()
-    try:
-        result = store.refresh(data_dir, {Venue.KITE: table}, as_of=as_of, now_ns=now_ns)
-    except WalLockedError as exc:  # the instruments service is writing: its snapshot will do
-        raise RetryableError(f"the instrument store is being written: {exc}") from None
-    log.info("%s", result.report.summary())
-    return Universe.from_snapshot(result.snapshot)
+    return Universe.from_snapshot(
+        store.snapshot_with(data_dir, Venue.KITE, download, as_of=as_of, now_ns=now_ns)
+    )
 
 
 def quote_ltp(

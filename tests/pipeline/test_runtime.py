@@ -582,11 +582,9 @@ def test_monitor_shows_the_live_rings_with_rates(tmp_path: Path, runs: list[Run]
     assert idle.exit_code == 0 and "not running" in idle.output
 
 
-@pytest.mark.system
-@pytest.mark.timeout(180)
-def test_an_adapter_whose_instruments_change_is_republished_for_readers(
-    tmp_path: Path, runs: list[Run]
-) -> None:
+def renaming_config(tmp_path: Path, shift_ids: int = 0) -> tuple[Path, Path]:
+    """A run of the renaming test adapter (5 instruments, ids 11..15, a
+    1024-slot book table); it renames them once the returned trigger file exists."""
     config = tmp_path / "renaming.toml"
     trigger = tmp_path / "next-day"
     config.write_text(
@@ -602,8 +600,18 @@ instruments = 5
 first_inst = 11
 rate = 2000
 rename_when = "{trigger}"
+shift_ids = {shift_ids}
 """
     )
+    return config, trigger
+
+
+@pytest.mark.system
+@pytest.mark.timeout(180)
+def test_an_adapter_whose_instruments_change_is_republished_for_readers(
+    tmp_path: Path, runs: list[Run]
+) -> None:
+    config, trigger = renaming_config(tmp_path)
     data_dir = tmp_path / "data"
     run = Run(config, data_dir)
     runs.append(run)
@@ -629,24 +637,7 @@ rename_when = "{trigger}"
 def test_new_instrument_ids_beyond_the_book_table_stop_the_run_and_say_why(
     tmp_path: Path, runs: list[Run]
 ) -> None:
-    config = tmp_path / "renaming.toml"
-    trigger = tmp_path / "next-day"
-    config.write_text(
-        f"""
-[book]
-max_instruments = 1024
-
-[[feeds]]
-name = "renaming"
-adapter = "tests.pipeline.renaming_adapter:factory"
-[feeds.params]
-instruments = 5
-first_inst = 11
-rate = 2000
-rename_when = "{trigger}"
-shift_ids = 5000
-"""
-    )
+    config, trigger = renaming_config(tmp_path, shift_ids=5000)
     run = Run(config, tmp_path / "data")
     runs.append(run)
     run.wait_ready()
