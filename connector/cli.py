@@ -38,7 +38,12 @@ def _print_json(data: Any) -> None:
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    con = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not con.is_terminal and not os.environ.get("COLUMNS"):
+        # Piped or redirected: rich would assume 80 columns and cut table
+        # cells (source names) to fit; a file has no width to respect.
+        con.width = 200
+    return con
 
 
 def _say(message: str) -> None:
@@ -954,7 +959,15 @@ def _status_view(report: dict[str, Any], rates: dict[str, float] | None = None) 
         rate_cols = ("records/s",) if rates is not None else ()
         rings = Table("ring", "tail", *rate_cols, "drops", *(f"{c} lag" for c in consumers))
         for r in report["rings"]:
-            rate = (f"{rates.get(r['name'], 0.0):,.0f}",) if rates is not None else ()
+            rate = (
+                ()
+                if rates is None
+                else (
+                    f"{rates[r['name']]:,.0f}"
+                    if r["name"] in rates
+                    else "-",  # first refresh: no rate yet
+                )
+            )
             drops = f"[red]{r['drops']:,}[/red]" if r["drops"] else "0"
             rings.add_row(
                 r["name"],
@@ -967,8 +980,8 @@ def _status_view(report: dict[str, Any], rates: dict[str, float] | None = None) 
     w = report["wal"]
     parts.append(
         Text(
-            f"WAL {w['dir']}: {w['segments']} segments, {w['bytes'] / 1e6:,.0f} MB; "
-            f"last seq {w['last_seq']}",
+            f"WAL {w['dir']}: {w['segments']} segments, {w['bytes'] / 1e6:,.0f} MB; last seq "
+            + (", ".join(f"{src} {seq}" for src, seq in w["last_seq"].items()) or "none"),
             overflow="fold",
         )
     )

@@ -74,6 +74,23 @@ def test_replay_exit_code_1_and_names_file_and_offset_on_corruption(tmp_path: Pa
 
 
 @pytest.mark.unit
+def test_piped_tables_and_status_are_not_cut_to_80_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Output to a pipe or file: rich would assume 80 columns and shorten the
+    # source names in the replay table to "binance-s…".
+    monkeypatch.delenv("COLUMNS", raising=False)
+    _make_wal(tmp_path / "market_data_wal")
+    runner = CliRunner()
+    table = runner.invoke(main, ["replay", "--wal", str(tmp_path / "market_data_wal"), "--verify"])
+    assert table.exit_code == 0, table.output
+    assert "binance-spot" in table.stdout and "…" not in table.stdout
+    status = runner.invoke(main, ["status", "--data-dir", str(tmp_path)])
+    assert status.exit_code == 0, status.output
+    assert "last seq binance-spot 500" in status.stdout
+
+
+@pytest.mark.unit
 def test_replay_of_a_missing_directory_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["replay", "--wal", str(tmp_path / "nope")])
     assert result.exit_code == 2
