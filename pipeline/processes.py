@@ -422,7 +422,9 @@ def run_book_builder(spec: RunSpec) -> None:
             if not n:
                 continue
             busy += n
+            applied = state.records_applied
             touched = state.apply(batch)
+            counters[Counter.RECORDS_OUT] += state.records_applied - applied  # in - out: skipped
             now = time.time_ns()
             for inst in touched:
                 b = state.books[inst]

@@ -577,6 +577,9 @@ def test_monitor_shows_the_live_rings_with_rates(tmp_path: Path, runs: list[Run]
     assert result.exit_code == 0, result.output
     assert "running: run" in result.output and "records/s" in result.output
     assert "syn0" in result.output and "wal lag" in result.output
+    # The book builder's "out" column: records applied to books.
+    wait_until(lambda: run.counter("book-builder", "records_out") > 0, 60, "books applied")
+    assert run.counter("book-builder", "records_out") <= run.counter("book-builder", "records_in")
     assert run.stop() == 0
     idle = CliRunner().invoke(main, ["monitor", "--data-dir", str(data), "--count", "1"])
     assert idle.exit_code == 0 and "not running" in idle.output
