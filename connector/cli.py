@@ -178,6 +178,12 @@ def replay(
     """
     if not wal_dir.is_dir():
         raise click.UsageError(f"WAL directory {wal_dir} does not exist")
+    if not wal_mod.segment_paths(wal_dir):
+        from pipeline import paths
+
+        inner = paths.market_wal_dir(wal_dir)
+        hint = f"; the WAL of a data dir is in {inner}" if inner.is_dir() else ""
+        _say(f"warning: no WAL segments (*.wal) in {wal_dir}{hint}")
     until_ns = _parse_time(until) if until else None
     if action == "verify":
         _replay_verify(wal_dir, repair, as_json)

@@ -91,6 +91,18 @@ def test_piped_tables_and_status_are_not_cut_to_80_columns(
 
 
 @pytest.mark.unit
+def test_replay_of_a_directory_without_segments_warns_and_points_to_the_wal(
+    tmp_path: Path,
+) -> None:
+    _make_wal(tmp_path / "market_data_wal")
+    result = CliRunner().invoke(main, ["replay", "--wal", str(tmp_path), "--verify", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["segments"] == 0
+    assert f"no WAL segments (*.wal) in {tmp_path}" in result.stderr
+    assert str(tmp_path / "market_data_wal") in result.stderr
+
+
+@pytest.mark.unit
 def test_replay_of_a_missing_directory_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["replay", "--wal", str(tmp_path / "nope")])
     assert result.exit_code == 2
