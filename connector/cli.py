@@ -1064,12 +1064,16 @@ def tail(
     reported on stderr (never shown out of order). Ends with Ctrl-C, --count,
     or when the pipeline stops.
     """
-    from pipeline import ring as ring_mod
-    from pipeline import runinfo, shm
+    import time
 
-    info = runinfo.require(_data_dir(data_dir))
-    ring_name = info.feed(feed).ring
-    reader = ring_mod.Reader(ring_name, start="oldest" if from_oldest else "tail")
+    from pipeline import paths, runinfo, shm
+    from pipeline import ring as ring_mod
+
+    root = _data_dir(data_dir)
+    info = runinfo.require(root)
+    chosen = info.feed(feed)
+    names = _Names(paths.published_instruments(root, chosen.name))
+    reader = ring_mod.Reader(chosen.ring, start="oldest" if from_oldest else "tail")
     shown = 0
     try:
         while count is None or shown < count:
@@ -1078,7 +1082,10 @@ def tail(
                 _say(f"-- {overrun:,} records missed (the reader was lapped)")
             if count is not None:
                 batch = batch[: count - shown]
+            symbols = names.refresh(time.monotonic())
             for item in rec.describe(batch):
+                if item["inst"] in symbols:
+                    item["symbol"] = symbols[item["inst"]]
                 if as_json:
                     click.echo(orjson.dumps(item).decode())
                 else:
@@ -1094,18 +1101,16 @@ def tail(
 
 def _record_line(item: dict[str, Any]) -> str:
     flags = "|".join(item["flags"]) or "-"
-    head = f"{item['seq']:>10} {item['kind']:<11} inst {item['inst']:<6}"
+    what = f"{item['symbol']} ({item['inst']})" if "symbol" in item else f"inst {item['inst']}"
+    head = f"{item['seq']:>10} {item['kind']:<11} {what:<16}"
     if item["kind"] == "BOOK_UPDATE":
         ids = f"{item['first_update_id']}..{item['last_update_id']} (prev {item['prev_update_id']})"
         return f"{head} ids {ids}  {flags}"
     if item["kind"] == "EXTRA":
         return f"{head} {item['px']} {item['qty']} {item['aux']} {item['aux2']}  {flags}"
     if item["kind"] == "STATUS":
-        return f"{item['seq']:>10} {item['kind']:<10} inst {item['inst']:<6} {item['reason']} missing {item['missing']} from {item['first_missing']}  {flags}"
-    return (
-        f"{item['seq']:>10} {item['kind']:<10} inst {item['inst']:<6} {item['side']:<4} "
-        f"{item['px']:>14} x {item['qty']:<14} {flags}"
-    )
+        return f"{head} {item['reason']} missing {item['missing']} from {item['first_missing']}  {flags}"
+    return f"{head} {item['side']:<4} {item['px']:>14} x {item['qty']:<14} {flags}"
 
 
 @main.command()
@@ -1157,9 +1162,9 @@ def book(
 def _resolve_instrument(root: Path, symbol: str, feed: str | None = None) -> int:
     from pipeline import paths
 
-    folder = paths.run_dir(root) / "instruments"
+    folder = paths.published_instruments(root)
     published = {  # feed -> {inst: name}, as the run's feeds published them
-        path.stem: {int(i): n for i, n in orjson.loads(path.read_bytes()).items()}
+        path.stem: _published_names(path)
         for path in (sorted(folder.glob("*.json")) if folder.is_dir() else [])
         if feed is None or path.stem == feed
     }
@@ -1184,6 +1189,37 @@ def _resolve_instrument(root: Path, symbol: str, feed: str | None = None) -> int
         f"unknown symbol {symbol!r} (not published by any feed of this run; an instrument id "
         "or an instrument store key like BINANCE-SPOT:BTCUSDT also works)"
     )
+
+
+def _published_names(path: Path) -> dict[int, str]:
+    """A feed's published ``{inst: symbol}`` (empty if it publishes none)."""
+    try:
+        return {int(i): n for i, n in orjson.loads(path.read_bytes()).items()}
+    except FileNotFoundError:
+        return {}
+
+
+class _Names:
+    """A feed's published symbols for ``tail``, read again when the feed
+    publishes new ones (the Kite feed does, each morning)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime_ns = -1
+        self._checked = 0.0
+        self.names: dict[int, str] = {}
+
+    def refresh(self, now: float) -> dict[int, str]:
+        if now - self._checked >= 1.0:
+            self._checked = now
+            try:
+                mtime_ns = self.path.stat().st_mtime_ns
+            except FileNotFoundError:
+                mtime_ns = -1
+            if mtime_ns != self._mtime_ns:
+                self._mtime_ns = mtime_ns
+                self.names = _published_names(self.path)
+        return self.names
 
 
 def _store_instrument(root: Path, key: str) -> int:

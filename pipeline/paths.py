@@ -30,6 +30,14 @@ def run_dir(root: Path) -> Path:
     return root / "run"
 
 
+def published_instruments(root: Path, feed: str | None = None) -> Path:
+    """Where the running ingest process of ``feed`` publishes its instrument
+    ids and symbols for readers (JSON ``{"id": "symbol"}``); without ``feed``,
+    the folder of them all."""
+    folder = run_dir(root) / "instruments"
+    return folder if feed is None else folder / f"{feed}.json"
+
+
 class LockHeld(Exception):
     """Another live process holds the lock; ``holder`` is the pid it wrote."""
 

@@ -246,7 +246,7 @@ def _write_instruments(spec: RunSpec, feed_name: str, adapter: Any) -> None:
     instruments = getattr(adapter, "instruments", None)
     if instruments is None:
         return
-    target = paths.run_dir(spec.config.data_dir) / "instruments" / f"{feed_name}.json"
+    target = paths.published_instruments(spec.config.data_dir, feed_name)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_bytes(orjson.dumps({str(k): v for k, v in instruments().items()}))

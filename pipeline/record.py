@@ -260,6 +260,10 @@ def describe(records: Records) -> list[dict[str, object]]:
             item.update(
                 reason=_REASON_NAMES.get(aux, str(aux)), first_missing=px, missing=qty, detail=aux2
             )
+        elif kind == Kind.BOOK_UPDATE:  # ids, not prices
+            item.update(
+                first_update_id=px, last_update_id=qty, prev_update_id=aux, transact_time_ns=aux2
+            )
         else:
             item.update(px=fmt(px), qty=fmt(qty), aux=aux, aux2=aux2)
         out.append(item)

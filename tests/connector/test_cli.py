@@ -391,3 +391,24 @@ def test_book_symbol_through_the_instrument_store(tmp_path: Path) -> None:
         _resolve_instrument(tmp_path, "BINANCE-SPOT:ETHUSDT")
     with pytest.raises(_Failed, match="no listed instrument BINANCE-SPOT:DOGEUSDT"):
         _resolve_instrument(tmp_path, "BINANCE-SPOT:DOGEUSDT")
+
+
+@pytest.mark.unit
+def test_tail_lines_render_every_kind() -> None:
+    # `tail` without --json prints one line per record; a BOOK_UPDATE once
+    # crashed it (its line wanted update-id keys the description lacked).
+    from connector.cli import _record_line
+    from pipeline import record as rec
+
+    r = rec.empty(len(rec.Kind))
+    r["kind"] = list(rec.Kind)
+    r["inst"] = 5
+    r["px"] = 12_345_000_000
+    items = rec.describe(r)
+    items[0]["symbol"] = "NSE:INFY"
+    lines = [_record_line(item) for item in items]
+    for kind, line in zip(rec.Kind, lines, strict=True):
+        assert kind.name in line
+    assert "NSE:INFY (5)" in lines[0] and "inst 5" in lines[1]
+    update = lines[list(rec.Kind).index(rec.Kind.BOOK_UPDATE)]
+    assert "ids 12345000000..0 (prev 0)" in update

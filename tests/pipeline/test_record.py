@@ -182,3 +182,34 @@ def test_status_detail_without_loss_has_no_after_gap() -> None:
     assert x["aux2"] == 30
     assert x["qty"] == 0
     assert x["inst"] == 0
+
+
+def test_describe_names_fields_per_kind() -> None:
+    r = rec.empty(3)
+    r["kind"] = [Kind.BOOK_LEVEL, Kind.BOOK_UPDATE, Kind.TICK]
+    r["side"] = [1, 0, 0]
+    r["flags"] = [Flag.SNAPSHOT, 0, Flag.LAST]
+    r["inst"] = 7
+    r["px"] = [6_512_345_000_000, 3_093_988_482, 10_050_000_000]
+    r["qty"] = [150_000_000, 3_093_988_490, 1]
+    r["aux"] = [0, 3_093_988_481, 5]
+    r["aux2"] = [0, 1_700_000_000_000_000_000, 0]
+    level, update, tick = rec.describe(r)
+    assert (level["kind"], level["side"], level["flags"]) == ("BOOK_LEVEL", "BID", ["SNAPSHOT"])
+    assert (level["px"], level["qty"]) == ("65123.45", "1.5")  # exact decimal strings
+    # A BOOK_UPDATE carries update ids, not prices: they are shown as the ids.
+    assert {k: update[k] for k in update if k.endswith("_id")} == {
+        "first_update_id": 3_093_988_482,
+        "last_update_id": 3_093_988_490,
+        "prev_update_id": 3_093_988_481,
+    }
+    assert update["transact_time_ns"] == 1_700_000_000_000_000_000 and "px" not in update
+    assert (tick["px"], tick["qty"], tick["flags"]) == ("100.5", "0.00000001", ["LAST"])
+    status = rec.describe(
+        rec.status(src=2, reason=StatusReason.DROP, ts_recv=1, first_missing=9, missing=4)
+    )
+    assert {k: status[0][k] for k in ("reason", "first_missing", "missing")} == {
+        "reason": "DROP",
+        "first_missing": 9,
+        "missing": 4,
+    }

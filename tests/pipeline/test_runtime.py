@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -355,6 +356,9 @@ def test_readers_attach_and_detach_without_disturbing_the_pipeline(
         assert len(lines) == 20
         seqs = [x["seq"] for x in lines]
         assert seqs == sorted(seqs) and len(set(seqs)) == 20
+        # Named as the feed published them (book records carry their instrument).
+        named = [x for x in lines if x["kind"] != "STATUS"]
+        assert named and all(x["symbol"] == f"SYN{x['inst']:05d}" for x in named)
         book = subprocess.run(
             [*CLI, "book", "SYN00003", "--data-dir", str(data), "--json", "--depth", "3"],
             cwd=ROOT,
@@ -366,6 +370,16 @@ def test_readers_attach_and_detach_without_disturbing_the_pipeline(
         snap = json.loads(book.stdout)
         assert snap["inst"] == 3 and snap["valid"] and len(snap["bids"]) == 3
         assert float(snap["bids"][0][0]) < float(snap["asks"][0][0]), "a consistent, uncrossed book"
+    text = subprocess.run(
+        [*CLI, "tail", "--data-dir", str(data), "--count", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert text.returncode == 0, text.stderr.decode()
+    shown = text.stdout.decode().splitlines()
+    assert len(shown) == 5 and all(re.search(r" SYN\d{5} \(\d+\) ", x) for x in shown), shown
     assert sorted(s.name for s in shm.list_segments(f"cp-{info.run_id}-")) == segments_before, (
         "no reader leaked a segment"
     )
