@@ -842,6 +842,12 @@ def _run_foreground(cfg: Any, config_path: Path, duration: float | None) -> int:
     persisted = processes["wal-writer"].counters["records_out"] if "wal-writer" in processes else 0
     drops = sum(r.dropped for r in supervisor.final_rings.values())
     _say(f"stopped ({supervisor.stop_reason}): {persisted:,} records persisted, {drops} dropped")
+    if supervisor.unpersisted:
+        left = sum(supervisor.unpersisted.values())
+        _say(
+            f"error: {left:,} records are not in the WAL yet (see the log); they are kept in "
+            "shared memory and the next `start` on this data dir writes them to the WAL"
+        )
     return code
 
 
@@ -914,10 +920,18 @@ def _all_ready(info: Any) -> bool:
 )
 def stop(data_dir: Path | None, timeout: float) -> None:
     """Stop the running pipeline cleanly (ingest stops, the rings drain into the WAL)."""
+    from pipeline import paths, runinfo
     from pipeline import supervisor as sup
 
-    pid = sup.stop(_data_dir(data_dir), timeout, progress=_say)
+    root = _data_dir(data_dir)
+    pid = sup.stop(root, timeout, progress=_say)
     click.echo(f"stopped pipeline pid {pid}")
+    if runinfo.read(root) is not None:  # kept: its rings hold records the WAL could not take
+        _say(
+            "error: the run stopped with records not in the WAL yet (see "
+            f"{paths.run_dir(root) / 'pipeline.log'}); the next `start` on {root} writes them"
+        )
+        sys.exit(EXIT_PROBLEM)
 
 
 @main.command()
@@ -947,7 +961,7 @@ def _status_view(report: dict[str, Any], rates: dict[str, float] | None = None) 
         parts.append(
             Text(f"running: run {report['run_id']}, supervisor pid {report['supervisor_pid']}")
         )
-        procs = Table("process", "pid", "state", "restarts", "cpu", "rss MB", "in", "out")
+        procs = Table("process", "pid", "state", "restarts", "cpu", "rss MB", "in", "out", "errors")
         procs.columns[0].no_wrap = True
         for p in report["processes"]:
             procs.add_row(
@@ -959,6 +973,7 @@ def _status_view(report: dict[str, Any], rates: dict[str, float] | None = None) 
                 f"{p['rss_bytes'] / 1e6:.0f}",
                 f"{p['counters']['records_in']:,}",
                 f"{p['counters']['records_out']:,}",
+                f"[red]{p['counters']['errors']:,}[/red]" if p["counters"]["errors"] else "0",
             )
         parts.append(procs)
         consumers = [c["name"] for c in report["rings"][0]["consumers"]] if report["rings"] else []

@@ -48,5 +48,11 @@ class WalLockedError(WalError, RetryableError):
     """Another process holds the WAL directory's writer lock."""
 
 
+class WalFullError(WalError, RetryableError):
+    """No disk space for the WAL's next segment. What was appended before is
+    written; the call that raised wrote nothing more: call it again when
+    there is room (already logged sequences are skipped)."""
+
+
 class WalCorruptError(WalError, DataError):
     """WAL bytes fail their checks; the message names the file and offset."""

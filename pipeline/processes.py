@@ -34,7 +34,7 @@ from pipeline import ring as ring_mod
 from pipeline import wal as wal_mod
 from pipeline.adapter import AdapterContext, check_instrument_ids, load_factory
 from pipeline.config import Config
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, WalFullError
 from pipeline.runinfo import RunInfo
 from pipeline.stats import Counter, ProcessTable, Reporter, State
 
@@ -151,6 +151,7 @@ def run_ingest(spec: RunSpec, feed_name: str) -> None:
         if (instruments := getattr(adapter, "instruments", None)) is not None:
             check_instrument_ids(feed.name, instruments(), max_instruments)
         producer = ring_mod.Producer(info.ring, takeover=True)
+        producer.on_wait = reporter.heartbeat  # blocked by a full ring is not hung
         sequencer = ring_mod.Sequencer(producer, src=feed.src)
         _write_instruments(spec, feed_name, adapter)
     except Exception as exc:
@@ -336,27 +337,39 @@ def run_wal_writer(spec: RunSpec) -> None:
     counters = reporter.counters
     backoff = _consumer_backoff()
     pending: list[tuple[ring_mod.Consumer, int]] = []
+    full = _DiskFull(reporter)
     next_beat = 0.0
     while True:
         pending.clear()
         last_recv = 0
-        for c in consumers:
-            batch = c.poll()
-            if len(batch):
-                counters[Counter.RECORDS_IN] += len(batch)
-                counters[Counter.RECORDS_OUT] += writer.append_records(batch)
-                last_recv = max(last_recv, int(batch["ts_recv"][-1]))
-                pending.append((c, len(batch)))
+        written = writer.records_written
+        try:
+            if full.since is None or full.retry_due():
+                for c in consumers:
+                    batch = c.poll()
+                    if len(batch):
+                        writer.append_records(batch)
+                        last_recv = max(last_recv, int(batch["ts_recv"][-1]))
+                        pending.append((c, len(batch)))
+                if writer.records_written > written:
+                    full.over()  # it wrote past the segment it was stuck in
+        except WalFullError as exc:
+            # What was appended is flushed; nothing is consumed: the rings hold
+            # the rest (the feeds drop and declare it once a ring is full).
+            full.hit(exc, sum(max(0, c.tail - c.cursor) for c in consumers))
+            pending.clear()
+        counters[Counter.RECORDS_OUT] += writer.records_written - written
         if pending:
             writer.flush()  # in the kernel's hands: a SIGKILL from here on loses nothing
             for c, n in pending:
                 c.advance(n)
+            counters[Counter.RECORDS_IN] += sum(n for _c, n in pending)
             counters[Counter.BATCHES] += 1
             if last_recv:
                 latency.add(time.time_ns() - last_recv)
             backoff.reset(busy=sum(n for _c, n in pending) >= ring_mod.BUSY_BATCH)
         else:
-            if stop.requested and all(_ring_done(c) for c in consumers):
+            if stop.requested and (full.since is not None or all(_ring_done(c) for c in consumers)):
                 break
             backoff.idle()
         now = time.monotonic()
@@ -365,6 +378,9 @@ def run_wal_writer(spec: RunSpec) -> None:
             reporter.heartbeat()
             counters[Counter.SKIPPED] = writer.records_skipped
             counters[Counter.BYTES] = writer.bytes_written
+    if full.since is not None:
+        left = sum(max(0, c.tail - c.cursor) for c in consumers)
+        log.error("stopping with the disk still full: %d records stay in the rings", left)
     reporter.state(State.DRAINING)
     writer.close()
     latency.save()
@@ -374,6 +390,48 @@ def run_wal_writer(spec: RunSpec) -> None:
         writer.records_written,
         writer.records_skipped,
     )
+
+
+class _DiskFull:
+    """The WAL writer's disk-full state: retried every ``RETRY_S``, said
+    once when it starts (ERROR, counted), every minute while it lasts, and
+    when it ends."""
+
+    RETRY_S = 1.0
+    REPEAT_S = 60.0
+
+    def __init__(self, reporter: Reporter) -> None:
+        self._reporter = reporter
+        self.since: float | None = None
+        self._retry_at = 0.0
+        self._said_at = 0.0
+
+    def retry_due(self) -> bool:
+        return time.monotonic() >= self._retry_at
+
+    def hit(self, exc: WalFullError, waiting: int) -> None:
+        now = time.monotonic()
+        self._retry_at = now + self.RETRY_S
+        if self.since is None:
+            self.since = now
+            self._reporter.add(Counter.ERRORS)
+        elif now - self._said_at < self.REPEAT_S:
+            return
+        self._said_at = now
+        log.error(
+            "%s; %d records wait in the rings (a full ring drops and declares what it cannot "
+            "take); retrying every %.0f s",
+            exc,
+            waiting,
+            self.RETRY_S,
+        )
+
+    def over(self) -> None:
+        if self.since is not None:
+            log.warning(
+                "disk space is back: the WAL resumes after %.0f s", time.monotonic() - self.since
+            )
+            self.since = None
 
 
 # ---------------------------------------------------------------------------

@@ -117,6 +117,9 @@ batch grow (the default backoff's ``busy_sleep_us``)."""
 BUSY_TARGET_BATCH: Final = 4096
 """The batch :meth:`Consumer.wait` lets grow in the throughput regime (at most
 a sixteenth of the ring, so a sleeping consumer never fills it)."""
+WAIT_BEAT_NS: Final = 100_000_000
+"""How often a producer waiting on a full ring refreshes its heartbeat and
+calls :attr:`Producer.on_wait`."""
 TIMER_SLACK_NS: Final = 1_000
 """Timer slack of a waiting thread. Linux lets a sleep overrun by the thread's
 timer slack, 50 µs by default, which would turn a 50 µs nap into up to 100 µs."""
@@ -477,6 +480,10 @@ class Producer(RingView):
             raise RingError(f"ring {name!r} is closed")
         self.on_drop = on_drop
         """Called with the number of records dropped, each time a batch is dropped."""
+        self.on_wait: Callable[[], None] | None = None
+        """Called every :data:`WAIT_BEAT_NS` while a publish waits on a full
+        ring (the wait may last ``full_wait_ms``): a host heartbeats from it,
+        so a producer blocked by a stalled consumer is not taken for hung."""
         self._full_wait_ns = hq[W_FULL_WAIT_NS]
         self._gate_words = [
             W_CONSUMERS + i * LINE_WORDS + C_CURSOR for i in range(hq[W_NCONSUMERS])
@@ -589,7 +596,9 @@ class Producer(RingView):
         hq[W_FULL_WAITS] += 1
         backoff = self._backoff
         backoff.reset()
-        deadline = _now_ns() + self._full_wait_ns
+        now = _now_ns()
+        deadline = now + self._full_wait_ns
+        beat_at = now + WAIT_BEAT_NS
         while True:
             backoff.idle()
             gate = self._min_cursor()
@@ -599,6 +608,11 @@ class Producer(RingView):
             if now >= deadline:
                 hq[W_HEARTBEAT_NS] = now
                 return gate
+            if now >= beat_at:
+                beat_at = now + WAIT_BEAT_NS
+                hq[W_HEARTBEAT_NS] = now
+                if self.on_wait is not None:
+                    self.on_wait()
 
     def has_room(self, n: int) -> bool:
         """Whether ``n`` records can be published now without waiting."""
@@ -652,6 +666,10 @@ class Sequencer:
             self._set_pending(0, 0)  # the predecessor published the STATUS but died before clearing
         self._window_len = max(4 * producer.max_batch, 1 << 16)
         self._new_window(self._next_seq)
+        self._dropping = False
+        """A batch waited out the bound and was dropped, and none got through
+        since: the next ones do not wait (room for the STATUS record alone
+        does not end it)."""
 
     @property
     def next_seq(self) -> int:
@@ -706,7 +724,10 @@ class Sequencer:
             return first
         self._stamp(records, first)
         self._next_seq = first + n
-        if not self.producer.publish(records):
+        if self.producer.publish(records, wait=not self._dropping):
+            self._dropping = False
+        else:
+            self._dropping = True
             self._dropped(first, n)
         return first
 

@@ -91,6 +91,10 @@ class Supervisor:
         self.removed_segments: list[str] = []
         self.final_processes: list[Any] = []
         self.final_rings: dict[str, ring_mod.RingStats] = {}
+        self.unpersisted: dict[str, int] = {}
+        """Feed -> records its ring still held, not in the WAL, after the
+        drain (the WAL writer could not finish, e.g. the disk was full). Those
+        rings are kept for the next start to salvage."""
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -130,6 +134,8 @@ class Supervisor:
             log.info("stopping: %s", self.stop_reason)
             self._drain()
             self._capture_final()
+            if self.unpersisted:
+                exit_code = EXIT_CHILD_FAILED
         finally:
             self._teardown()
             for sig, handler in previous.items():
@@ -416,7 +422,18 @@ class Supervisor:
         self.final_rings = {}
         for feed in self.run.feeds:
             with ring_mod.RingView(feed.ring) as r:
-                self.final_rings[feed.name] = r.stats()
+                stats = self.final_rings[feed.name] = r.stats()
+            left = stats.tail - next(c.cursor for c in stats.consumers if c.name == "wal")
+            if left > 0:
+                self.unpersisted[feed.name] = left
+                log.error(
+                    "%d records of %s are not in the WAL: its ring %s is kept in shared memory "
+                    "and the next `start` on %s writes them to the WAL (a reboot loses them)",
+                    left,
+                    feed.name,
+                    feed.ring,
+                    self.data_dir,
+                )
 
     def _terminate(self, children: list[Child], timeout_s: float) -> None:
         live = [c for c in children if c.proc is not None and c.proc.exitcode is None]
@@ -441,10 +458,12 @@ class Supervisor:
         if self.table is not None:
             self.table.close()
             self.table = None
+        keep = {f.ring for f in self.run.feeds if f.name in self.unpersisted} if self.run else set()
         for name in self._segments:
-            shm.unlink(name)
+            if name not in keep:
+                shm.unlink(name)
         self._segments.clear()
-        if self.run is not None:
+        if self.run is not None and not keep:  # else the next start salvages from it
             current = runinfo.read(self.data_dir)
             if current is not None and current.run_id == self.run.run_id:
                 runinfo.remove(self.data_dir)

@@ -33,8 +33,10 @@ shows up as a sequence gap in ``verify``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import queue
+import shutil
 import struct
 import threading
 import time
@@ -50,7 +52,13 @@ import numpy.typing as npt
 
 from pipeline import paths
 from pipeline import record as rec
-from pipeline.errors import ConfigError, WalCorruptError, WalError, WalLockedError
+from pipeline.errors import (
+    ConfigError,
+    WalCorruptError,
+    WalError,
+    WalFullError,
+    WalLockedError,
+)
 from pipeline.record import RECORD_DTYPE, RECORD_SIZE, Records
 
 SEGMENT_MAGIC: Final = b"CPWALSEG"
@@ -618,11 +626,18 @@ class _Housekeeper:
         self._tasks: queue.Queue[tuple[str, int]] = queue.Queue()
         self._spare_ready = threading.Condition()
         self.spare: tuple[int, Path] | None = None
+        self.preparing = False
+        """A "prepare" is queued or running (the writer may wait for its file).
+        One that finds no disk space is not an error here: the writer makes
+        the file itself when it needs it, and says so if it still can't."""
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="wal-housekeeper", daemon=True)
         self._thread.start()
 
     def submit(self, task: str, fd: int = -1) -> None:
+        if task == "prepare":
+            with self._spare_ready:
+                self.preparing = True
         self._tasks.put((task, fd))
 
     def drain(self) -> None:
@@ -630,9 +645,11 @@ class _Housekeeper:
         self._tasks.join()
 
     def take_spare(self, timeout_s: float = 30.0) -> tuple[int, Path] | None:
+        """The prepared segment file, or None (the writer then makes one itself)."""
         with self._spare_ready:
             self._spare_ready.wait_for(
-                lambda: self.spare is not None or self.error is not None, timeout_s
+                lambda: not self.preparing or self.spare is not None or self.error is not None,
+                timeout_s,
             )
             spare, self.spare = self.spare, None
         return spare
@@ -666,9 +683,12 @@ class _Housekeeper:
                 elif task == "dirsync":
                     _fsync_dir(w.directory)
                 elif task == "prepare":
-                    spare = w._new_spare()
+                    spare = None
+                    with contextlib.suppress(WalFullError):  # see `preparing`
+                        spare = w._new_spare()
                     with self._spare_ready:
                         self.spare = spare
+                        self.preparing = False
                         self._spare_ready.notify_all()
                 if interval is not None and time.monotonic() >= next_sync:
                     next_sync = time.monotonic() + interval
@@ -749,6 +769,12 @@ class WalWriter:
         except OSError as exc:
             os.close(fd)
             tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                free = shutil.disk_usage(self.directory).free
+                raise WalFullError(
+                    f"no disk space for the next WAL segment ({self.config.segment_bytes:,} bytes) "
+                    f"in {self.directory}: {free:,} bytes free"
+                ) from None
             raise WalError(
                 f"cannot preallocate {self.config.segment_bytes} bytes in {self.directory}: {exc.strerror}"
             ) from None
@@ -813,7 +839,12 @@ class WalWriter:
     def append_records(self, records: Records) -> int:
         """Append records of one source (seq increasing). Records whose seq is
         already in the log are skipped (a restarted writer re-reading its
-        ring). Returns how many were appended."""
+        ring). Returns how many were appended.
+
+        Raises :class:`WalFullError` when a new segment is needed and the disk
+        has no room for it: the records before it are appended (and flushed),
+        so calling again with the same records, once there is room, appends
+        exactly the rest."""
         n = len(records)
         if n == 0:
             return 0
@@ -847,7 +878,7 @@ class WalWriter:
             start += take
             # Per chunk: the next segment's header must know what the previous one holds.
             self._last_seq[src] = int(words[start - 1, 0])
-        self.records_written += n
+            self.records_written += take
         return n
 
     def append_blob(
@@ -944,6 +975,8 @@ class WalWriter:
     def _rotate(self) -> None:
         self.flush()
         old_fd = self._fd
+        # Without a prepared file (the housekeeper found the disk full) try
+        # once more here; WalFullError leaves the writer as it was.
         spare = self._housekeeper.take_spare() or self._new_spare()
         if self.config.fsync == "always":
             # The promise is durability before returning: seal and name synchronously.

@@ -107,6 +107,55 @@ def test_drop_consumes_seqs_and_is_declared_by_a_status_record(make_ring) -> Non
 
 
 @pytest.mark.unit
+def test_a_producer_waiting_on_a_full_ring_keeps_calling_on_wait(make_ring) -> None:  # type: ignore[no-untyped-def]
+    # The ingest host heartbeats from on_wait: a wait as long as full_wait_ms
+    # must not make the supervisor take the feed for hung.
+    ring = make_ring(capacity=16, consumers=("wal",), full_wait_ms=300)
+    p = ring_mod.Producer(ring.name)
+    c = ring_mod.Consumer(ring.name, "wal")
+    beats: list[int] = []
+    p.on_wait = lambda: beats.append(time.monotonic_ns())
+    assert p.publish(make_records(1, 16))
+    started = time.monotonic_ns()
+    assert not p.publish(make_records(17, 1))  # waits out 300 ms, then drops
+    assert beats and all(b - started >= ring_mod.WAIT_BEAT_NS for b in beats[:1])
+    assert ring.stats().full_waits == 1
+    p.close()
+    c.close()
+
+
+@pytest.mark.unit
+def test_after_a_drop_batches_do_not_wait_again_until_one_gets_through(make_ring) -> None:  # type: ignore[no-untyped-def]
+    # A stalled consumer (a WAL writer on a full disk) frees no room; room for
+    # the STATUS record alone must not make every later batch wait out the bound.
+    ring = make_ring(capacity=16, consumers=("wal",), full_wait_ms=1, max_batch=8)
+    seq = ring_mod.Sequencer(ring_mod.Producer(ring.name))
+    c = ring_mod.Consumer(ring.name, "wal")
+    seq.publish(make_records(0, 16))
+    c.advance(1)  # room for the STATUS, not for a batch
+    assert seq.publish(make_records(0, 5)) == 17  # waits out the bound, dropped
+    assert ring.stats().full_waits == 1
+    assert seq.publish(make_records(0, 3)) == 23  # STATUS 22 goes in; the batch is dropped at once
+    assert seq.publish(make_records(0, 3)) == 26  # no room even for a STATUS: at once
+    assert ring.stats().full_waits == 1, "a dropping producer waited again"
+    assert ring.stats().dropped == 11
+    c.advance(14)
+    assert seq.publish(make_records(0, 2)) == 30  # STATUS 29 declares 23..28, then 30..31
+    assert seq.publish(make_records(0, 8)) == 32
+    c.advance(1)
+    assert seq.publish(make_records(0, 8)) == 40  # got through before: waits (and drops) again
+    assert ring.stats().full_waits == 2
+    records = c.poll()
+    statuses = records[records["kind"] == Kind.STATUS]
+    assert [(int(s["seq"]), int(s["px"]), int(s["qty"])) for s in statuses] == [
+        (22, 17, 5),
+        (29, 23, 6),
+    ]
+    seq.close()
+    c.close()
+
+
+@pytest.mark.unit
 def test_sequencer_continues_after_producer_takeover(make_ring) -> None:  # type: ignore[no-untyped-def]
     ring = make_ring(capacity=64, consumers=("wal",), first_seq=1000, full_wait_ms=1)
     first = ring_mod.Sequencer(ring_mod.Producer(ring.name))

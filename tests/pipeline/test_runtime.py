@@ -33,7 +33,13 @@ CLI = [sys.executable, "-m", "connector.cli"]
 
 
 def write_config(
-    path: Path, *, rate: float = 20000, max_messages: int = 0, extra: str = "", feeds: int = 1
+    path: Path,
+    *,
+    rate: float = 20000,
+    max_messages: int = 0,
+    extra: str = "",
+    feeds: int = 1,
+    full_wait_ms: int = 60000,
 ) -> Path:
     feed_tables = "".join(
         f"""
@@ -54,7 +60,7 @@ max_messages = {max_messages}
         f"""
 [ring]
 capacity = 8192
-full_wait_ms = 60000
+full_wait_ms = {full_wait_ms}
 
 [wal]
 segment_bytes = 1048576
@@ -662,3 +668,53 @@ def test_new_instrument_ids_beyond_the_book_table_stop_the_run_and_say_why(
     assert run.wait(60) != 0
     output = run.output()
     assert "renaming failed" in output and "the book table has 1024 slots" in output, output
+
+
+@pytest.mark.system
+@pytest.mark.timeout(240)
+def test_a_full_disk_stalls_the_wal_without_losing_anything_silently(
+    tmp_path: Path, small_disk: Path, runs: list[Run]
+) -> None:
+    # 6 MiB with 3 MiB of ballast: room for two or three 1 MiB segments.
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * (3 << 20))
+    config = write_config(tmp_path / "p.toml", rate=2000, full_wait_ms=300)
+    data = small_disk / "data"
+    run = Run(config, data)
+    runs.append(run)
+    run.wait_ready()
+
+    def ring_drops() -> int:
+        return sum(r["drops"] for r in status.collect(data)["rings"])
+
+    # The WAL writer says the disk is full and waits; the ring fills, the feed
+    # drops and declares; nobody is restarted (nor killed as hung).
+    wait_until(lambda: run.counter("wal-writer", "errors") >= 1, 60, "the disk to fill")
+    stuck = run.counter("wal-writer", "records_out")
+    wait_until(lambda: ring_drops() > 0, 60, "the full ring to drop")
+    assert run.counter("wal-writer", "records_out") == stuck
+    assert all(p["restarts"] == 0 and p["alive"] for p in run.processes()), run.processes()
+
+    ballast.unlink()  # room again: the writer resumes by itself (and fills the disk again)
+    wait_until(lambda: run.counter("wal-writer", "records_out") > stuck, 60, "the WAL to resume")
+    wait_until(lambda: run.counter("wal-writer", "errors") >= 2, 60, "the disk to fill again")
+    assert all(p["restarts"] == 0 for p in run.processes())
+
+    # Stopped while full: what the ring holds is kept for the next start (exit 1, said).
+    info = runinfo.read(data)
+    assert info is not None
+    assert run.stop() == 1
+    output = run.output()
+    assert "records are not in the WAL yet" in output, output
+    kept = [s.name for s in shm.list_segments(f"cp-{info.run_id}-")]
+    assert runinfo.read(data) is not None and kept == [info.feeds[0].ring]
+
+    subprocess.run(["mount", "-o", "remount,size=24m", str(small_disk)], check=True)
+    second = Run(config, data, "--duration", "1")
+    runs.append(second)
+    assert second.wait(120) == 0, second.output()
+    assert "salvaged" in second.output()
+    assert not shm.list_segments(f"cp-{info.run_id}-")
+    report = verify(data)
+    assert_nothing_lost(report)  # every gap in seq is declared by a STATUS record
+    assert report["sources"]["syn0"]["declared_gaps"], "the drops are in the WAL, declared"

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline import record as rec
 from pipeline import wal
-from pipeline.errors import ConfigError, WalCorruptError, WalLockedError
+from pipeline.errors import ConfigError, WalCorruptError, WalFullError, WalLockedError
 from tests.helpers import make_records, payload_ok
 
 SMALL = 16 * 1024  # tiny segments: rotation after a handful of frames
@@ -415,3 +415,32 @@ def test_sigkill_of_the_writer_at_random_moments_leaves_a_verifiable_prefix(
         assert last >= flushed, "everything flushed before the kill survives it"
         flushed = last
     assert len(wal.segment_paths(tmp_path)) > 3, "kills happened across rotations"
+
+
+@pytest.mark.integration
+def test_a_full_disk_raises_wal_full_and_the_same_call_later_appends_exactly_the_rest(
+    small_disk: Path,
+) -> None:
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * (3 << 20))  # 6 MiB disk: room for two 1 MiB segments, not three
+    directory = small_disk / "wal"
+    records = make_records(1, 60_000)  # 3.7 MB of records
+    w = wal.WalWriter(directory, wal.WalConfig(segment_bytes=1 << 20))
+    try:
+        w.register_source(1, "feed")
+        with pytest.raises(WalFullError, match="no disk space for the next WAL segment") as full:
+            w.append_records(records)
+        assert str(directory) in str(full.value) and "bytes free" in str(full.value)
+        written = w.last_seq(1)
+        assert 0 < written < 60_000 and w.records_written == written
+        with pytest.raises(WalFullError):  # still full: nothing more, nothing twice
+            w.append_records(records)
+        assert w.last_seq(1) == written
+        ballast.unlink()
+        assert w.append_records(records) == 60_000 - written  # the call again: only the rest
+        assert w.records_written == 60_000 and w.records_skipped == 2 * written  # two calls again
+    finally:
+        w.close()
+    got = all_records(directory)
+    assert list(got["seq"]) == list(range(1, 60_001)) and payload_ok(got)
+    assert wal.verify(directory)["ok"]
