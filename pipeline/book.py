@@ -387,10 +387,14 @@ def save_checkpoint(state: BookState, path: Path) -> None:
     """Write atomically: a crash leaves the previous checkpoint or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(state.to_bytes())
-        f.flush()
-        os.fdatasync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(state.to_bytes())
+            f.flush()
+            os.fdatasync(f.fileno())
+    except OSError:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: leave no half file behind
+        raise
     os.replace(tmp, path)
     fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -117,8 +117,11 @@ class _Latency:
 
     def save(self) -> None:
         n = min(self.count, LATENCY_SAMPLES)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(self.path, self.samples[:n])
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(self.path, self.samples[:n])
+        except OSError as exc:  # diagnostics only (bench pipeline reads them)
+            log.warning("latency samples not saved to %s: %s", self.path, exc.strerror)
 
 
 def _consumer_backoff() -> ring_mod.Backoff:
@@ -472,6 +475,7 @@ def run_book_builder(spec: RunSpec) -> None:
     next_checkpoint = time.monotonic() + interval
     next_beat = 0.0
     out_of_table: set[int] = set()
+    saver = _Checkpointer(ckpt, spec.run.run_id, reporter)
     while True:
         busy = 0
         for c in consumers:
@@ -516,10 +520,10 @@ def run_book_builder(spec: RunSpec) -> None:
             counters[Counter.SKIPPED] = state.records_skipped
         if mono >= next_checkpoint:
             next_checkpoint = mono + interval
-            _checkpoint(state, ckpt, spec.run.run_id)
-            counters[Counter.CHECKPOINTS] += 1
+            if saver.save(state):
+                counters[Counter.CHECKPOINTS] += 1
     reporter.state(State.DRAINING)
-    _checkpoint(state, ckpt, spec.run.run_id)
+    saver.save(state)
     latency.save()
     reporter.state(State.EXITED)
     log.info("stopped: %d records applied, %d books", state.records_applied, len(state.books))
@@ -528,6 +532,36 @@ def run_book_builder(spec: RunSpec) -> None:
 def _checkpoint(state: book_mod.BookState, path: Path, run_id: str) -> None:
     state.run_id = run_id
     book_mod.save_checkpoint(state, path)
+
+
+class _Checkpointer:
+    """The book builder's periodic checkpoint. One that cannot be written (a
+    full disk) is an ERROR, counted, said again at most each minute; the
+    builder goes on: the previous checkpoint stays whole (written atomically),
+    and a restart replays the WAL from it."""
+
+    REPEAT_S = 60.0
+
+    def __init__(self, path: Path, run_id: str, reporter: Reporter) -> None:
+        self.path = path
+        self.run_id = run_id
+        self._reporter = reporter
+        self._said_at: float | None = None
+
+    def save(self, state: book_mod.BookState) -> bool:
+        try:
+            _checkpoint(state, self.path, self.run_id)
+        except OSError as exc:
+            self._reporter.add(Counter.ERRORS)
+            now = time.monotonic()
+            if self._said_at is None or now - self._said_at >= self.REPEAT_S:
+                self._said_at = now
+                log.error("book checkpoint %s not written: %s", self.path, exc.strerror)
+            return False
+        if self._said_at is not None:
+            log.warning("book checkpoint %s written again", self.path)
+            self._said_at = None
+        return True
 
 
 def recover_books(spec: RunSpec, consumers: list[ring_mod.Consumer]) -> book_mod.BookState:

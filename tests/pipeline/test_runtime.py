@@ -693,6 +693,13 @@ def test_a_full_disk_stalls_the_wal_without_losing_anything_silently(
     stuck = run.counter("wal-writer", "records_out")
     wait_until(lambda: ring_drops() > 0, 60, "the full ring to drop")
     assert run.counter("wal-writer", "records_out") == stuck
+    # Not a byte left: the book builder's checkpoints fail too, and it goes on.
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+    wait_until(lambda: run.counter("book-builder", "errors") >= 1, 60, "a failed checkpoint")
+    filler.unlink()
     assert all(p["restarts"] == 0 and p["alive"] for p in run.processes()), run.processes()
 
     ballast.unlink()  # room again: the writer resumes by itself (and fills the disk again)
