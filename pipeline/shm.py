@@ -13,6 +13,7 @@ the creator's pid) and removed by :func:`cleanup_stale`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import secrets
@@ -107,11 +108,13 @@ def create(name: str, size: int, *, pretouch: bool = True) -> Segment:
         raise SharedMemoryError(f"cannot create shared memory {name!r}: {exc.strerror}") from None
     try:
         os.fchmod(fd, 0o600)  # the umask may have narrowed it; never wider than 0600
-        os.ftruncate(fd, size)
+        _reserve(fd, name, size)
         mapping = mmap.mmap(fd, size)
     except OSError as exc:
         os.close(fd)
         unlink(name)
+        if isinstance(exc, SharedMemoryError):
+            raise
         raise SharedMemoryError(
             f"cannot size shared memory {name!r} to {size} bytes: {exc}"
         ) from None
@@ -119,6 +122,39 @@ def create(name: str, size: int, *, pretouch: bool = True) -> Segment:
     if pretouch:
         np.frombuffer(mapping, dtype=np.uint8)[::PAGE_SIZE] = 0
     return Segment(name, mapping, created=True)
+
+
+def _reserve(fd: int, name: str, size: int) -> None:
+    """Size the segment and reserve its memory now. ``ftruncate`` alone
+    reserves nothing: on a full ``/dev/shm`` (Docker gives containers 64 MB)
+    the first write to a missing page kills the process with SIGBUS."""
+    free = _shm_free_bytes()
+    if free is not None and size > free:
+        raise SharedMemoryError(_no_room(name, size, free))
+    os.ftruncate(fd, size)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise SharedMemoryError(_no_room(name, size, _shm_free_bytes())) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here: pretouch only
+            raise
+
+
+def _shm_free_bytes() -> int | None:
+    try:
+        st = os.statvfs(_SHM_DIR)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _no_room(name: str, size: int, free: int | None) -> str:
+    left = "" if free is None else f" ({free:,} bytes free)"
+    return (
+        f"cannot create shared memory {name!r} of {size:,} bytes: {_SHM_DIR} is too small{left}; "
+        "make it larger (docker run --shm-size=...) or lower ring.capacity / book.max_instruments"
+    )
 
 
 def attach(name: str) -> Segment:

@@ -407,3 +407,39 @@ def test_cleanup_stale_removes_dead_runs_and_keeps_live_ones(shm_name: ShmName) 
         shm.unlink(dead_name)
         shm.unlink(dead_books)
     assert not shm.exists(dead_name)
+
+
+@pytest.mark.integration
+def test_a_too_small_dev_shm_is_a_clear_error_not_a_sigbus() -> None:
+    # Docker gives containers a 64 MB /dev/shm. Sizing a segment reserves
+    # nothing there: the first write to a page it cannot back was a SIGBUS.
+    # Here a private 4 MiB /dev/shm (a mount namespace: the host's is untouched).
+    script = textwrap.dedent(
+        """
+        from pipeline import shm
+        from pipeline.errors import SharedMemoryError
+        small = shm.create("cp-smalltest-a", 1 << 20)
+        try:
+            shm.create("cp-smalltest-b", 16 << 20)
+        except SharedMemoryError as exc:
+            print("ERROR", exc)
+        print("LEFT", sorted(s.name for s in shm.list_segments("cp-smalltest-")))
+        """
+    )
+    mount = "mount -t tmpfs -o size=4m tmpfs /dev/shm"
+    if os.geteuid() != 0:
+        pytest.skip("a private /dev/shm (mount namespace) needs root")
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", mount], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"no mount namespace here: {probe.stderr.decode().strip()}")
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f'{mount} && exec "$0" -c "$1"', sys.executable, script],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0, (result.returncode, out, result.stderr.decode())
+    assert "ERROR cannot create shared memory 'cp-smalltest-b' of 16,777,216 bytes" in out
+    assert "/dev/shm is too small" in out and "--shm-size" in out
+    assert "LEFT ['cp-smalltest-a']" in out, "the failed segment is not left behind"
