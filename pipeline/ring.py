@@ -849,7 +849,14 @@ class Consumer(RingView):
           the consumer sleeps ``busy_sleep_us`` of its backoff whenever fewer
           than :attr:`busy_batch` records are waiting, and when it has caught
           up, leaving the cores to the producer; latency is then bounded by
-          that sleep.
+          that sleep. Between two batches it yields the CPU once: with more
+          busy processes than cores, the producer or another consumer sharing
+          this core then runs now rather than at the end of the scheduler's
+          time slice (milliseconds, in which the ring fills and the producer
+          waits). Measured at batch 256 (producer, two consumers and a reader
+          on two vCPUs, 6 alternating pairs): 0.48-0.54 of the bare copy loop
+          without the yield, 0.64-0.72 with it; batch 16 and the latency
+          regime unchanged.
         """
         hq = self._hq
         now = _now_ns()
@@ -858,6 +865,8 @@ class Consumer(RingView):
             self._busy = self._window_records * 1_000_000_000 >= BUSY_RATE * elapsed
             self._window_start = now
             self._window_records = 0
+        if self._busy:
+            os.sched_yield()  # between batches of a burst: see the docstring
         avail = hq[W_TAIL] - self._cursor
         if avail > 0:
             if self._busy and avail < min(self.busy_batch, max_records) and not hq[W_CLOSED]:

@@ -484,3 +484,43 @@ def test_consumer_killed_with_sigkill_resumes_at_its_cursor(children, make_ring)
     assert book_r.poll(120) and book_r.recv()["got"] == total
     assert prod["drops"] == 0
     assert not dead_r.poll(0)
+
+
+@pytest.mark.unit
+def test_wait_yields_the_cpu_between_batches_of_a_burst_only(
+    make_ring,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # In a burst, a consumer gives a process that shares its core (the
+    # producer, the other consumer) the CPU between two batches; a record of
+    # a slow feed is returned at once, without yielding.
+    ring = make_ring(capacity=1 << 16, consumers=("wal",), max_batch=4096)
+    p = ring_mod.Producer(ring.name)
+    c = ring_mod.Consumer(ring.name, "wal")
+    yields: list[int] = []
+    real_yield = os.sched_yield
+    monkeypatch.setattr(ring_mod.os, "sched_yield", lambda: (yields.append(1), real_yield()))
+    burst = make_records(1, 4096)
+
+    def take_burst() -> bool:
+        assert p.publish(burst)
+        c.advance(len(c.wait(timeout_s=1.0, max_records=4096)))
+        return c.busy
+
+    wait_until(take_burst, 10, "the burst regime")
+    yields.clear()
+    assert p.publish(burst)
+    assert len(c.wait(timeout_s=1.0, max_records=4096)) == 4096
+    assert yields, "no yield between batches of a burst"
+    c.advance(4096)
+
+    def calm() -> bool:
+        c.wait(timeout_s=0.001)
+        return not c.busy
+
+    wait_until(calm, 10, "the latency regime")
+    yields.clear()
+    assert p.publish(make_records(1, 1))
+    assert len(c.wait(timeout_s=1.0)) == 1 and not yields
+    p.close()
+    c.close()
