@@ -1001,7 +1001,9 @@ def _status_view(report: dict[str, Any], rates: dict[str, float] | None = None) 
     w = report["wal"]
     parts.append(
         Text(
-            f"WAL {w['dir']}: {w['segments']} segments, {w['bytes'] / 1e6:,.0f} MB; last seq "
+            f"WAL {w['dir']}: {w['segments']} segments, {w['bytes'] / 1e6:,.0f} MB"
+            + ("" if w.get("free_bytes") is None else f" ({w['free_bytes'] / 1e9:,.1f} GB free)")
+            + "; last seq "
             + (", ".join(f"{src} {seq}" for src, seq in w["last_seq"].items()) or "none"),
             overflow="fold",
         )

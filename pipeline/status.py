@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ def collect(data_dir: Path) -> dict[str, Any]:
             "dir": str(wal_dir),
             "segments": len(segments),
             "bytes": sum(p.stat().st_size for p in segments),
+            "free_bytes": _free_bytes(wal_dir),
             "last_seq": {name: last for _src, (name, last) in sorted(found.sources.items())}
             if found
             else {},
@@ -100,3 +102,13 @@ def collect(data_dir: Path) -> dict[str, Any]:
             }
         )
     return report
+
+
+def _free_bytes(directory: Path) -> int | None:
+    """Free space where the WAL is (or would be) written; None if unknown."""
+    for candidate in (directory, *directory.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None

@@ -87,7 +87,11 @@ def test_piped_tables_and_status_are_not_cut_to_80_columns(
     assert "binance-spot" in table.stdout and "…" not in table.stdout
     status = runner.invoke(main, ["status", "--data-dir", str(tmp_path)])
     assert status.exit_code == 0, status.output
-    assert "last seq binance-spot 500" in status.stdout
+    assert "last seq binance-spot 500" in status.stdout and " GB free)" in status.stdout
+    report = json.loads(
+        runner.invoke(main, ["status", "--data-dir", str(tmp_path), "--json"]).stdout
+    )
+    assert report["wal"]["free_bytes"] > 0 and report["wal"]["segments"] == 3
 
 
 @pytest.mark.unit
