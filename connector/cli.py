@@ -800,7 +800,10 @@ def start(
     DATA_DIR/run/pipeline.log); use `status` and `stop`. A crashed process
     is restarted with exponential backoff; Ctrl-C / SIGTERM drains the rings
     into the WAL before exiting. Exit code 2 when it cannot start (bad
-    config, data dir not writable, a process failing to start).
+    config, data dir not writable, /dev/shm too small, a process failing to
+    start); 1 when a child failed, or when it stopped with records its WAL
+    writer could not write (a full disk): they stay in shared memory and the
+    next `start` on the data dir writes them.
     """
     from pipeline import config as config_mod
 
@@ -919,7 +922,11 @@ def _all_ready(info: Any) -> bool:
     help="Seconds to wait for the drain.",
 )
 def stop(data_dir: Path | None, timeout: float) -> None:
-    """Stop the running pipeline cleanly (ingest stops, the rings drain into the WAL)."""
+    """Stop the running pipeline cleanly (ingest stops, the rings drain into the WAL).
+
+    Exit code 1 when the run stopped with records it could not write to the
+    WAL (a full disk): the next `start` on the data dir writes them.
+    """
     from pipeline import paths, runinfo
     from pipeline import supervisor as sup
 
