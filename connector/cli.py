@@ -964,6 +964,15 @@ def _status_view(report: dict[str, Any], rates: dict[str, float] | None = None) 
     parts: list[Any] = []
     if not report["running"]:
         parts.append(Text(f"not running on {report['data_dir']}"))
+        if report["unpersisted"]:
+            left = ", ".join(f"{feed} {n:,}" for feed, n in report["unpersisted"].items())
+            parts.append(
+                Text(
+                    f"records of the last run not in the WAL yet (kept in shared memory; the next "
+                    f"`start` writes them): {left}",
+                    style="red",
+                )
+            )
     else:
         parts.append(
             Text(f"running: run {report['run_id']}, supervisor pid {report['supervisor_pid']}")

@@ -55,6 +55,7 @@ def collect(data_dir: Path) -> dict[str, Any]:
         "data_dir": str(data_dir),
         "processes": [],
         "rings": [],
+        "unpersisted": {},
         "wal": {
             "dir": str(wal_dir),
             "segments": len(segments),
@@ -66,7 +67,10 @@ def collect(data_dir: Path) -> dict[str, Any]:
         },
     }
     info = runinfo.read(data_dir)
-    if info is None or not shm.run_is_alive(info.run_id):
+    if info is None:
+        return report
+    if not shm.run_is_alive(info.run_id):
+        report["unpersisted"] = _left_in_rings(info)
         return report
     report["running"] = True
     report["run_id"] = info.run_id
@@ -112,3 +116,19 @@ def _free_bytes(directory: Path) -> int | None:
         except OSError:
             continue
     return None
+
+
+def _left_in_rings(info: runinfo.RunInfo) -> dict[str, int]:
+    """Feed -> records a dead run's ring still holds beyond its WAL cursor
+    (the next ``start`` salvages them into the WAL)."""
+    left: dict[str, int] = {}
+    for feed in info.feeds:
+        try:
+            with ring_mod.RingView(feed.ring) as ring:
+                st = ring.stats()
+        except PipelineError:
+            continue  # gone (a reboot) or never created
+        wal = next((c.cursor for c in st.consumers if c.name == "wal"), st.tail)
+        if st.tail > wal:
+            left[feed.name] = st.tail - wal
+    return left

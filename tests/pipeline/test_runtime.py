@@ -715,6 +715,8 @@ def test_a_full_disk_stalls_the_wal_without_losing_anything_silently(
     assert "records are not in the WAL yet" in output, output
     kept = [s.name for s in shm.list_segments(f"cp-{info.run_id}-")]
     assert runinfo.read(data) is not None and kept == [info.feeds[0].ring]
+    left = status.collect(data)
+    assert not left["running"] and left["unpersisted"]["syn0"] > 0, left["unpersisted"]
 
     subprocess.run(["mount", "-o", "remount,size=24m", str(small_disk)], check=True)
     second = Run(config, data, "--duration", "1")
@@ -722,6 +724,7 @@ def test_a_full_disk_stalls_the_wal_without_losing_anything_silently(
     assert second.wait(120) == 0, second.output()
     assert "salvaged" in second.output()
     assert not shm.list_segments(f"cp-{info.run_id}-")
+    assert status.collect(data)["unpersisted"] == {}
     report = verify(data)
     assert_nothing_lost(report)  # every gap in seq is declared by a STATUS record
     assert report["sources"]["syn0"]["declared_gaps"], "the drops are in the WAL, declared"
