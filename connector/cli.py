@@ -1218,10 +1218,25 @@ def _resolve_instrument(root: Path, symbol: str, feed: str | None = None) -> int
         raise _Failed(
             f"{symbol} is instrument {inst} in the store, but no feed of this run publishes it"
         )
+    names = sorted({n for found in published.values() for n in found.values()})
+    near = _near_names(symbol, names)
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
     raise _Failed(
         f"unknown symbol {symbol!r} (not published by any feed of this run; an instrument id "
-        "or an instrument store key like BINANCE-SPOT:BTCUSDT also works)"
+        f"or an instrument store key like BINANCE-SPOT:BTCUSDT also works){hint}"
     )
+
+
+def _near_names(symbol: str, names: list[str], most: int = 5) -> list[str]:
+    """Published names a mistyped or partial symbol may mean: those containing
+    it (``NIFTY`` -> ``NSE:NIFTY 50``), then close spellings."""
+    wanted = symbol.upper()
+    containing = [n for n in names if wanted in n.upper()]
+    containing.sort(key=lambda n: (len(n), n))
+    import difflib
+
+    close = difflib.get_close_matches(wanted, names, n=most, cutoff=0.75)
+    return list(dict.fromkeys(containing[:most] + close))[:most]
 
 
 def _published_names(path: Path) -> dict[int, str]:
@@ -1276,7 +1291,10 @@ def _store_instrument(root: Path, key: str) -> int:
 def _show_book(table: Any, inst: int, symbol: str, depth: int, as_json: bool) -> None:
     snap = table.read(inst)
     if snap is None:
-        raise _Failed(f"no book for {symbol} (instrument {inst}) yet")
+        raise _Failed(
+            f"no book for {symbol} (instrument {inst}) yet: its feed has sent no depth for it "
+            "(an index, or a token in ltp/quote mode, never has one; `tail` shows its ticks)"
+        )
     if as_json:
         d = snap.as_dict()
         d["symbol"] = symbol

@@ -395,6 +395,16 @@ def test_book_symbol_through_the_instrument_store(tmp_path: Path) -> None:
         _resolve_instrument(tmp_path, "BINANCE-SPOT:ETHUSDT")
     with pytest.raises(_Failed, match="no listed instrument BINANCE-SPOT:DOGEUSDT"):
         _resolve_instrument(tmp_path, "BINANCE-SPOT:DOGEUSDT")
+    # An unknown name gets the published names it may mean.
+    (published / "zerodha.json").write_bytes(
+        orjson.dumps({"1": "NSE:NIFTY 50", "474": "NFO:NIFTY26DECFUT", "38": "NSE:INFY"})
+    )
+    with pytest.raises(_Failed, match=r"did you mean NSE:NIFTY 50, NFO:NIFTY26DECFUT\?$"):
+        _resolve_instrument(tmp_path, "nifty")
+    with pytest.raises(_Failed, match=r"did you mean BTCUSDT\?$"):
+        _resolve_instrument(tmp_path, "BTCUSTD")
+    with pytest.raises(_Failed, match=r"also works\)$"):
+        _resolve_instrument(tmp_path, "XYZ")
 
 
 @pytest.mark.unit
