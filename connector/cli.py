@@ -1218,7 +1218,7 @@ def _resolve_instrument(root: Path, symbol: str, feed: str | None = None) -> int
         raise _Failed(
             f"{symbol} is instrument {inst} in the store, but no feed of this run publishes it"
         )
-    names = sorted({n for found in published.values() for n in found.values()})
+    names = sorted({n for feed_names in published.values() for n in feed_names.values()})
     near = _near_names(symbol, names)
     hint = f"; did you mean {', '.join(near)}?" if near else ""
     raise _Failed(

@@ -372,7 +372,7 @@ def run_wal_writer(spec: RunSpec) -> None:
         except WalFullError as exc:
             # What was appended is flushed; nothing is consumed: the rings hold
             # the rest (the feeds drop and declare it once a ring is full).
-            full.hit(exc, sum(max(0, c.tail - c.cursor) for c in consumers))
+            full.hit(exc, sum(c.lag for c in consumers))
             pending.clear()
         counters[Counter.RECORDS_OUT] += writer.records_written - written
         if pending:
@@ -395,8 +395,10 @@ def run_wal_writer(spec: RunSpec) -> None:
             counters[Counter.SKIPPED] = writer.records_skipped
             counters[Counter.BYTES] = writer.bytes_written
     if full.since is not None:
-        left = sum(max(0, c.tail - c.cursor) for c in consumers)
-        log.error("stopping with the disk still full: %d records stay in the rings", left)
+        log.error(
+            "stopping with the disk still full: %d records stay in the rings",
+            sum(c.lag for c in consumers),
+        )
     reporter.state(State.DRAINING)
     writer.close()
     latency.save()

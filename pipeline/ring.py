@@ -390,6 +390,10 @@ class RingStats:
     producer_alive: bool
     consumers: list[ConsumerInfo]
 
+    def lag(self, consumer: str) -> int:
+        """Records published that gating ``consumer`` has not consumed (0 if no such consumer)."""
+        return next((c.lag for c in self.consumers if c.name == consumer), 0)
+
 
 class Ring(RingView):
     """The owner's handle: creates the segment and unlinks it at the end."""

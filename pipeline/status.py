@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +84,7 @@ def collect(data_dir: Path) -> dict[str, Any]:
         report["processes"] = [_process(p) for p in table.all()]
     finally:
         table.close()
-    for feed in info.feeds:
-        try:
-            with ring_mod.RingView(feed.ring) as ring:
-                st = ring.stats()
-        except PipelineError:
-            continue
+    for feed, st in _ring_stats(info):
         report["rings"].append(
             {
                 "name": feed.name,
@@ -121,14 +117,15 @@ def _free_bytes(directory: Path) -> int | None:
 def _left_in_rings(info: runinfo.RunInfo) -> dict[str, int]:
     """Feed -> records a dead run's ring still holds beyond its WAL cursor
     (the next ``start`` salvages them into the WAL)."""
-    left: dict[str, int] = {}
+    return {feed.name: st.lag("wal") for feed, st in _ring_stats(info) if st.lag("wal") > 0}
+
+
+def _ring_stats(info: runinfo.RunInfo) -> Iterator[tuple[runinfo.FeedInfo, ring_mod.RingStats]]:
+    """Each feed's ring statistics, for the rings that exist (gone after a reboot)."""
     for feed in info.feeds:
         try:
             with ring_mod.RingView(feed.ring) as ring:
                 st = ring.stats()
         except PipelineError:
-            continue  # gone (a reboot) or never created
-        wal = next((c.cursor for c in st.consumers if c.name == "wal"), st.tail)
-        if st.tail > wal:
-            left[feed.name] = st.tail - wal
-    return left
+            continue
+        yield feed, st

@@ -423,7 +423,7 @@ class Supervisor:
         for feed in self.run.feeds:
             with ring_mod.RingView(feed.ring) as r:
                 stats = self.final_rings[feed.name] = r.stats()
-            left = stats.tail - next(c.cursor for c in stats.consumers if c.name == "wal")
+            left = stats.lag("wal")
             if left > 0:
                 self.unpersisted[feed.name] = left
                 log.error(
